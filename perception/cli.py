@@ -1,0 +1,125 @@
+"""The ``perception`` command line: one entry point, one subcommand per job.
+
+Errors are one clear line on stderr and a non-zero exit (set PERCEPTION_DEBUG=1 for the traceback).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+import sys
+from pathlib import Path
+
+EXIT_ERROR = 2
+
+
+class CliError(Exception):
+    """A user-facing error: printed as one line, exit code 2."""
+
+
+def _cmd_simulate(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from calibration.yamlconf import load_yaml_file
+    from drivers.recording import RecordingWriter
+    from drivers.sim import SimConfig, SimulatedRig, default_rig
+
+    config = load_yaml_file(SimConfig, args.config)
+    overrides = {"seed": args.seed, "duration_s": args.duration, "weather": args.weather}
+    config = dataclasses.replace(config, **{k: v for k, v in overrides.items() if v is not None})
+    if config.duration_s <= 0:
+        raise CliError(f"--duration must be positive, got {config.duration_s:g}")
+    rig = default_rig(config.n_cameras)
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    sim = SimulatedRig(config, rig)
+    metadata = {
+        "command": " ".join(["perception", "simulate", *sys.argv[2:]]),
+        "seed": str(config.seed),
+        "weather": config.weather,
+        "duration_s": f"{config.duration_s:g}",
+    }
+    counts: dict[str, int] = {}
+    span_ns = int(config.duration_s * 1e9)
+    with RecordingWriter(out, rig, metadata=metadata) as writer, tqdm(
+        total=round(config.duration_s, 1), unit="sim s", desc="simulate", disable=args.quiet,
+        bar_format="{l_bar}{bar}| {n:.1f}/{total:.1f} sim s [{elapsed}<{remaining}]",
+    ) as bar:
+        t0 = None
+        for msg in sim.messages():
+            writer.write(msg)
+            counts[msg.sensor_id] = counts.get(msg.sensor_id, 0) + 1
+            t0 = msg.stamp_ns if t0 is None else t0
+            done = min(max(msg.stamp_ns - t0, 0), span_ns) / 1e9
+            if done - bar.n >= 0.1:
+                bar.update(round(done - bar.n, 1))
+        bar.update(max(0.0, round(config.duration_s - bar.n, 1)))
+    size_mb = out.stat().st_size / 1e6
+    total = sum(counts.values())
+    print(f"wrote {out} ({size_mb:.1f} MB, {total} messages, {len(counts)} channels, seed {config.seed}, "
+          f"weather {config.weather})")
+    return 0
+
+
+def _cmd_info(args: argparse.Namespace) -> int:
+    from perception.info import recording_info
+
+    report = recording_info(Path(args.recording))
+    print(report.format())
+    return 0 if not report.errors else 1
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The full argument parser (also used by tests to check every subcommand has --help)."""
+    parser = argparse.ArgumentParser(
+        prog="perception",
+        description="Real-time camera/LiDAR/radar/IMU/audio fusion perception.",
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    p = sub.add_parser("simulate", help="simulate a drive with all sensors and ground truth into an MCAP recording",
+                       description="Simulate a drive (deterministic by seed) and record it as one .mcap file.")
+    p.add_argument("--out", required=True, help="output .mcap file")
+    p.add_argument("--duration", type=float, help="seconds to simulate (default: from --config)")
+    p.add_argument("--seed", type=int, help="random seed (default: from --config)")
+    p.add_argument("--weather", choices=["clear", "rain", "fog", "night"], help="weather (default: from --config)")
+    p.add_argument("--config", default=str(_default_config("sim_default.yaml")),
+                   help="simulation config YAML (default: configs/sim_default.yaml)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=_cmd_simulate)
+
+    p = sub.add_parser("info", help="summarise a recording: channels, counts, rates, gaps, clock jumps",
+                       description="Read a recording without running perception and summarise every channel.")
+    p.add_argument("recording", help=".mcap recording")
+    p.set_defaults(func=_cmd_info)
+    return parser
+
+
+def _default_config(name: str) -> Path:
+    """configs/NAME next to the package (source checkout), else relative to the working directory."""
+    here = Path(__file__).resolve().parents[1] / "configs" / name
+    return here if here.exists() else Path("configs") / name
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except KeyboardInterrupt:
+        print(f"perception {args.command}: interrupted", file=sys.stderr)
+        return 130
+    except Exception as e:  # noqa: BLE001 - the CLI contract is one line, not a traceback
+        if os.environ.get("PERCEPTION_DEBUG"):
+            raise
+        msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        known = type(e).__name__ in {"CliError", "ConfigError", "RigError", "RecordingError", "CalibrationError",
+                                     "FileNotFoundError", "BagError"}
+        prefix = "" if known else f"{type(e).__name__}: "
+        print(f"perception {args.command}: error: {prefix}{msg}", file=sys.stderr)
+        return EXIT_ERROR
+
+
+if __name__ == "__main__":
+    sys.exit(main())

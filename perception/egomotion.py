@@ -1,0 +1,234 @@
+"""Ego motion from the IMU gyro and the vehicle speed (or, when speed is missing, radar Doppler).
+
+Orientation comes from integrating the bias-corrected gyro (rotated into the ego frame); position from
+integrating the speed along ego +x (a car does not slide sideways at these rates). The result is the ego
+pose at any instant within the last ``history_s`` seconds, used to deskew LiDAR sweeps, move radar points
+and cameras to one instant.
+
+Gyro bias is estimated while the vehicle stands still: speed ~0 when a speed source exists, and in any
+case low gyro and accelerometer variation over a window (so it also works for an IMU log without speed,
+such as the EuRoC recordings).
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass
+
+import numpy as np
+
+from calibration.transform import Transform
+from drivers.messages import ImuSample, RadarScan, VehicleSpeed
+
+GRAVITY = 9.80665
+
+
+def _quat_mul(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Hamilton product of wxyz quaternions."""
+    aw, ax, ay, az = a
+    bw, bx, by, bz = b
+    return np.array([
+        aw * bw - ax * bx - ay * by - az * bz,
+        aw * bx + ax * bw + ay * bz - az * by,
+        aw * by - ax * bz + ay * bw + az * bx,
+        aw * bz + ax * by - ay * bx + az * bw,
+    ])
+
+
+def _quat_exp(rotvec: np.ndarray) -> np.ndarray:
+    """Rotation vector [rad] -> unit quaternion wxyz."""
+    angle = float(np.linalg.norm(rotvec))
+    if angle < 1e-12:
+        return np.array([1.0, *(0.5 * rotvec)])
+    axis = rotvec / angle
+    return np.array([np.cos(angle / 2), *(np.sin(angle / 2) * axis)])
+
+
+def _quat_to_matrix(q: np.ndarray) -> np.ndarray:
+    w, x, y, z = q / np.linalg.norm(q)
+    return np.array([
+        [1 - 2 * (y * y + z * z), 2 * (x * y - w * z), 2 * (x * z + w * y)],
+        [2 * (x * y + w * z), 1 - 2 * (x * x + z * z), 2 * (y * z - w * x)],
+        [2 * (x * z - w * y), 2 * (y * z + w * x), 1 - 2 * (x * x + y * y)],
+    ])
+
+
+@dataclass(frozen=True)
+class EgoPose:
+    """Pose of the ego frame at ``stamp_ns`` in the odometry frame (the ego frame at the first IMU sample).
+
+    Args:
+        rotation: (3, 3) float64 odom_from_ego rotation; translation: (3,) float64 [m].
+        speed: [m/s] along ego +x; angular_velocity: (3,) [rad/s] bias-corrected, ego frame.
+    """
+
+    stamp_ns: int
+    rotation: np.ndarray
+    translation: np.ndarray
+    speed: float
+    angular_velocity: np.ndarray
+
+    def odom_from_ego(self) -> Transform:
+        return Transform("odom", "ego", self.rotation, self.translation)
+
+    @property
+    def yaw(self) -> float:
+        return float(np.arctan2(self.rotation[1, 0], self.rotation[0, 0]))
+
+
+class EgoMotion:
+    """Causal ego-motion estimator fed with IMU, speed and (optionally) radar messages in stamp order.
+
+    Args:
+        ego_from_imu: rig transform of the IMU.
+        history_s: how far back poses are kept [s].
+        still_window_s: window over which standstill is judged [s].
+        still_gyro_std: largest std [rad/s] of the window's ten gyro block means for standstill.
+        still_accel_std: largest std [m/s^2] of the ten accelerometer block means for standstill.
+        still_speed: |speed| [m/s] below which a speed source says still.
+    """
+
+    def __init__(self, ego_from_imu: Transform, history_s: float = 10.0, still_window_s: float = 1.0,
+                 still_gyro_std: float = 0.01, still_accel_std: float = 0.1, still_speed: float = 0.05):
+        if ego_from_imu.dst != "ego":
+            raise ValueError(f"ego_from_imu must map into 'ego', got {ego_from_imu.name}")
+        self._R_ei = ego_from_imu.rotation
+        self.history_ns = int(history_s * 1e9)
+        self.still_window_ns = int(still_window_s * 1e9)
+        self.still_gyro_std = still_gyro_std
+        self.still_accel_std = still_accel_std
+        self.still_speed = still_speed
+        self.gyro_bias = np.zeros(3)  # IMU frame [rad/s]
+        self._bias_n = 0
+        self._window: deque[tuple[int, np.ndarray, np.ndarray]] = deque()  # (t, gyro, accel)
+        self._poses: deque[EgoPose] = deque()
+        self._q = np.array([1.0, 0.0, 0.0, 0.0])
+        self._p = np.zeros(3)
+        self._speed = 0.0
+        self._speed_stamp: int | None = None
+        self._last_t: int | None = None
+        self.still_samples = 0
+
+    # ------------------------------------------------------------------ inputs
+    def add_speed(self, msg: VehicleSpeed) -> None:
+        self._speed = float(msg.speed_mps)
+        self._speed_stamp = msg.stamp_ns
+
+    def add_radar(self, scan: RadarScan, ego_from_radar: Transform, min_points: int = 6) -> float | None:
+        """Use the radar's static returns as a speed source while no speed message arrived in the last
+        0.5 s. Returns the speed used [m/s] or None when the fit failed."""
+        if self._speed_stamp is not None and scan.stamp_ns - self._speed_stamp < 500_000_000:
+            return None
+        v = speed_from_doppler(scan, ego_from_radar, min_points=min_points)
+        if v is not None:
+            self._speed = v
+        return v
+
+    def add_imu(self, msg: ImuSample) -> None:
+        """Integrate one IMU sample (stamps must increase; an older or equal stamp is ignored)."""
+        t = msg.stamp_ns
+        if self._last_t is not None and t <= self._last_t:
+            return
+        gyro = np.asarray(msg.angular_velocity, dtype=np.float64)
+        self._update_bias(t, gyro, np.asarray(msg.linear_acceleration, dtype=np.float64))
+        omega_ego = self._R_ei @ (gyro - self.gyro_bias)
+        if self._last_t is not None:
+            dt = (t - self._last_t) * 1e-9
+            if dt > 0.5:  # a gap: do not integrate across it blindly
+                dt = 0.0
+            R = _quat_to_matrix(self._q)
+            self._p = self._p + R @ np.array([self._speed * dt, 0.0, 0.0])
+            self._q = _quat_mul(self._q, _quat_exp(omega_ego * dt))
+            self._q /= np.linalg.norm(self._q)
+        self._last_t = t
+        self._poses.append(EgoPose(t, _quat_to_matrix(self._q), self._p.copy(), self._speed, omega_ego))
+        while self._poses and t - self._poses[0].stamp_ns > self.history_ns:
+            self._poses.popleft()
+
+    def _update_bias(self, t: int, gyro: np.ndarray, accel: np.ndarray) -> None:
+        self._window.append((t, gyro, accel))
+        while self._window and t - self._window[0][0] > self.still_window_ns:
+            self._window.popleft()
+        if len(self._window) < 20 or t - self._window[0][0] < 0.9 * self.still_window_ns:
+            return
+        if self._speed_stamp is not None and abs(self._speed) > self.still_speed:
+            return
+        # Standstill is judged on 10 block means, not raw samples: engine or rotor vibration makes raw
+        # samples noisy while the low-frequency rotation is zero.
+        g = np.array([w[1] for w in self._window])
+        a = np.array([w[2] for w in self._window])
+        blocks = len(g) // 10
+        gm = g[: blocks * 10].reshape(10, blocks, 3).mean(axis=1)
+        am = a[: blocks * 10].reshape(10, blocks, 3).mean(axis=1)
+        if gm.std(axis=0).max() < self.still_gyro_std and am.std(axis=0).max() < self.still_accel_std:
+            # Cumulative mean over all still samples: the bias drifts slowly, standstills are short.
+            self._bias_n += 1
+            self.gyro_bias = self.gyro_bias + (gyro - self.gyro_bias) / self._bias_n
+            self.still_samples += 1
+
+    # ------------------------------------------------------------------ queries
+    @property
+    def latest(self) -> EgoPose | None:
+        return self._poses[-1] if self._poses else None
+
+    def pose_at(self, t_ns: int) -> EgoPose:
+        """Pose at t_ns, interpolated between IMU samples (extrapolated at constant rates up to 0.2 s past the
+        newest sample). Raises ValueError outside the kept history."""
+        if not self._poses:
+            raise ValueError("no IMU data yet")
+        first, last = self._poses[0], self._poses[-1]
+        if t_ns < first.stamp_ns or t_ns > last.stamp_ns + 200_000_000:
+            raise ValueError(f"t={t_ns} outside pose history [{first.stamp_ns}, {last.stamp_ns}]")
+        if t_ns >= last.stamp_ns:
+            dt = (t_ns - last.stamp_ns) * 1e-9
+            R = last.rotation @ _quat_to_matrix(_quat_exp(last.angular_velocity * dt))
+            p = last.translation + last.rotation @ np.array([last.speed * dt, 0.0, 0.0])
+            return EgoPose(t_ns, R, p, last.speed, last.angular_velocity)
+        stamps = np.fromiter((p.stamp_ns for p in self._poses), dtype=np.int64, count=len(self._poses))
+        i = int(np.searchsorted(stamps, t_ns, side="right")) - 1
+        a, b = self._poses[i], self._poses[min(i + 1, len(self._poses) - 1)]
+        if b.stamp_ns == a.stamp_ns:
+            return a
+        w = (t_ns - a.stamp_ns) / (b.stamp_ns - a.stamp_ns)
+        dt = (t_ns - a.stamp_ns) * 1e-9
+        R = a.rotation @ _quat_to_matrix(_quat_exp(b.angular_velocity * dt))
+        p = a.translation * (1 - w) + b.translation * w
+        return EgoPose(t_ns, R, p, a.speed * (1 - w) + b.speed * w, b.angular_velocity)
+
+    def ego_from_ego(self, t_dst_ns: int, t_src_ns: int) -> Transform:
+        """Transform that moves points expressed in the ego frame at t_src into the ego frame at t_dst."""
+        a = self.pose_at(t_dst_ns).odom_from_ego()
+        b = self.pose_at(t_src_ns).odom_from_ego()
+        rel = a.inverse() @ b  # ego_from_ego
+        return rel
+
+
+def speed_from_doppler(scan: RadarScan, ego_from_radar: Transform, min_points: int = 6,
+                       threshold: float = 0.3, iterations: int = 50) -> float | None:
+    """Ego forward speed [m/s] from the Doppler of static radar returns (RANSAC on the static-world model).
+
+    For a static point in direction u (unit, ego frame) the measured radial velocity is -(v_ego . u) with
+    v_ego = (v, 0, 0) for a car that does not slip (the radar's lever arm is ignored: its yaw-rate term is
+    far below the Doppler resolution). Returns None when fewer than ``min_points`` returns agree.
+    """
+    n = len(scan)
+    if n < min_points:
+        return None
+    dirs_sensor = scan.xyz / np.maximum(scan.range_m, 1e-6)[:, None]
+    u = ego_from_radar.apply_vectors(dirs_sensor.astype(np.float64))
+    ux = u[:, 0]
+    vr = scan.radial_velocity.astype(np.float64)
+    usable = np.abs(ux) > 0.2
+    if usable.sum() < min_points:
+        return None
+    candidates = -vr[usable] / ux[usable]
+    # Deterministic RANSAC over candidate speeds (each return proposes one).
+    best_v, best_inliers = None, 0
+    for v in np.unique(np.round(candidates, 2))[:: max(1, len(candidates) // iterations)]:
+        inliers = int(np.sum(np.abs(vr + v * ux) < threshold))
+        if inliers > best_inliers:
+            best_v, best_inliers = v, inliers
+    if best_v is None or best_inliers < min_points:
+        return None
+    mask = np.abs(vr + best_v * ux) < threshold
+    return float(-(vr[mask] @ ux[mask]) / (ux[mask] @ ux[mask]))
