@@ -28,6 +28,7 @@ A stamp from a sensor with offset ``o`` is moved to the reference clock by ``sta
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal, Optional
@@ -203,7 +204,17 @@ class Rig:
 
     @classmethod
     def from_dict(cls, data: dict, where: str = "rig") -> "Rig":
-        return cls.from_spec(from_dict(RigSpec, data, where), where)
+        try:
+            spec = from_dict(RigSpec, data, where)
+        except ConfigError as e:
+            # Name the sensor by its id, not only by its position in the list.
+            m = re.search(r"\.sensors\[(\d+)\]", str(e))
+            sensors = data.get("sensors") if isinstance(data, dict) else None
+            if m and isinstance(sensors, list) and isinstance(sensors[int(m.group(1))], dict):
+                sid = sensors[int(m.group(1))].get("id", "?")
+                raise RigError(f"sensor '{sid}': {e}") from e
+            raise RigError(str(e)) from e
+        return cls.from_spec(spec, where)
 
     @classmethod
     def from_yaml(cls, text: str, where: str = "rig.yaml") -> "Rig":
