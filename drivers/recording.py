@@ -118,12 +118,14 @@ class RecordingError(Exception):
 class ChannelInfo:
     """One channel of a recording: ``message_count`` is None when the file does not say (unindexed
     chunks of an unclosed recording) and counting would need decompression; see
-    :meth:`RecordingReader.summary` for exact counts."""
+    :meth:`RecordingReader.summary` for exact counts. ``primary`` is True for the channel that carries the
+    sensor's messages (False for companions such as camera_info, audio_info, tf_static)."""
 
     topic: str
     schema_name: str
     sensor_id: str
     message_count: int | None
+    primary: bool = True
 
 
 @dataclass(frozen=True)
@@ -231,6 +233,8 @@ class RecordingWriter:
             record ``"recording"``.
         chunk_size: a chunk is compressed and flushed once its uncompressed size reaches this [bytes];
             smaller chunks lose less on a crash and compress a little worse.
+        compression_level: zstd level 1..22 (1: fastest, for live recording; 19: about 25 % smaller
+            files, for archives and shipped samples).
         jpeg_quality: JPEG quality 1..100 for camera images; None stores them losslessly as
             sensor_msgs/Image rgb8.
 
@@ -239,7 +243,8 @@ class RecordingWriter:
     """
 
     def __init__(self, path: str | os.PathLike, rig: Rig, metadata: dict[str, str] | None = None,
-                 chunk_size: int = 1 << 20, jpeg_quality: int | None = 90) -> None:
+                 chunk_size: int = 1 << 20, jpeg_quality: int | None = 90,
+                 compression_level: int = ZSTD_LEVEL) -> None:
         self.path = Path(path)
         self.rig = rig
         if jpeg_quality is not None and not 1 <= int(jpeg_quality) <= 100:
@@ -253,7 +258,9 @@ class RecordingWriter:
                                  f"{metadata[bad[0]]!r} is not")
         self.jpeg_quality = jpeg_quality
         self.chunk_size = int(chunk_size)
-        self._zstd = zstandard.ZstdCompressor(level=ZSTD_LEVEL)
+        if not 1 <= int(compression_level) <= 22:
+            raise RecordingError(f"{self.path}: compression_level must be 1..22, got {compression_level}")
+        self._zstd = zstandard.ZstdCompressor(level=int(compression_level))
         self._schema_ids: dict[str, int] = {}
         self._channels: dict[str, _WChannel] = {}  # by topic
         self._audio_format: dict[str, tuple[int, int]] = {}  # sensor_id -> (channels, sample_rate)
@@ -651,7 +658,8 @@ class RecordingReader:
     def channels(self) -> list[ChannelInfo]:
         """Every channel, by channel id; counts from the summary or message indexes (None if unknown)."""
         counts = self._cheap_counts()
-        return [ChannelInfo(ch.topic, ch.schema_name, ch.sensor_id, None if counts is None else counts.get(cid, 0))
+        return [ChannelInfo(ch.topic, ch.schema_name, ch.sensor_id, None if counts is None else counts.get(cid, 0),
+                            primary=ch.decode is not None and bool(ch.sensor_id))
                 for cid, ch in sorted(self._channels.items())]
 
     def messages(self, sensors: Collection[str] | None = None, start_ns: int | None = None,

@@ -26,14 +26,15 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
     from drivers.sim import SimConfig, SimulatedRig, default_rig
 
     config = load_yaml_file(SimConfig, args.config)
-    overrides = {"seed": args.seed, "duration_s": args.duration, "weather": args.weather}
+    overrides = {"seed": args.seed, "duration_s": args.duration, "weather": args.weather,
+                 "lidar_columns": args.lidar_columns}
     config = dataclasses.replace(config, **{k: v for k, v in overrides.items() if v is not None})
     if config.duration_s <= 0:
         raise CliError(f"--duration must be positive, got {config.duration_s:g}")
-    rig = default_rig(config.n_cameras)
+    sim = SimulatedRig(config, default_rig(config.n_cameras))
+    rig = sim.rig  # carries the rates actually simulated
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    sim = SimulatedRig(config, rig)
     metadata = {
         "command": " ".join(["perception", "simulate", *sys.argv[2:]]),
         "seed": str(config.seed),
@@ -42,7 +43,8 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
     }
     counts: dict[str, int] = {}
     span_ns = int(config.duration_s * 1e9)
-    with RecordingWriter(out, rig, metadata=metadata) as writer, tqdm(
+    with RecordingWriter(out, rig, metadata=metadata, jpeg_quality=args.jpeg_quality,
+                         compression_level=args.compression_level) as writer, tqdm(
         total=round(config.duration_s, 1), unit="sim s", desc="simulate", disable=args.quiet,
         bar_format="{l_bar}{bar}| {n:.1f}/{total:.1f} sim s [{elapsed}<{remaining}]",
     ) as bar:
@@ -65,9 +67,19 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
 def _cmd_info(args: argparse.Namespace) -> int:
     from perception.info import recording_info
 
+    if args.sync and not Path(args.sync_config).exists():
+        raise CliError(f"sync config not found: {args.sync_config}")
+
     report = recording_info(Path(args.recording))
     print(report.format())
-    return 0 if not report.errors else 1
+    errors = list(report.errors)
+    if args.sync:
+        from perception.info import sync_view
+
+        view = sync_view(Path(args.recording), Path(args.sync_config))
+        print(view.format())
+        errors += view.errors
+    return 0 if not errors else 1
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -86,12 +98,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--weather", choices=["clear", "rain", "fog", "night"], help="weather (default: from --config)")
     p.add_argument("--config", default=str(_default_config("sim_default.yaml")),
                    help="simulation config YAML (default: configs/sim_default.yaml)")
+    p.add_argument("--lidar-columns", type=int, help="LiDAR azimuth columns per revolution (default: from --config)")
+    p.add_argument("--jpeg-quality", type=int, default=90, help="JPEG quality of camera images (default 90)")
+    p.add_argument("--compression-level", type=int, default=1,
+                   help="zstd level of the recording's chunks, 1 (fast) .. 19 (small); default 1")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_cmd_simulate)
 
     p = sub.add_parser("info", help="summarise a recording: channels, counts, rates, gaps, clock jumps",
                        description="Read a recording without running perception and summarise every channel.")
     p.add_argument("recording", help=".mcap recording")
+    p.add_argument("--sync", action="store_true",
+                   help="also show how frames would be formed: complete vs partial, observed per-sensor offsets")
+    p.add_argument("--sync-config", default=str(_default_config("sync_sim.yaml")),
+                   help="sync config YAML for --sync (default: configs/sync_sim.yaml)")
     p.set_defaults(func=_cmd_info)
     return parser
 

@@ -94,12 +94,12 @@ class RecordingInfo:
             t0 = min(s.first_ns for s in self.sensors)
             t1 = max(s.last_ns for s in self.sensors)
             lines.append(f"time span  {(t1 - t0) / 1e9:.3f} s  ({t0} .. {t1} ns)")
-        header = f"{'sensor':<16}{'type':<34}{'count':>7}{'rate Hz':>9}{'period ms':>11}{'max gap ms':>12}" \
+        header = f"{'sensor':<16}{'type':<40}{'count':>7}{'rate Hz':>9}{'period ms':>11}{'max gap ms':>12}" \
                  f"{'gaps':>6}{'jumps -/+':>11}"
         lines += ["", header, "-" * len(header)]
         for s in self.sensors:
             lines.append(
-                f"{s.sensor_id:<16}{s.schema_name:<34}{s.count:>7}{s.rate_hz:>9.2f}{s.median_period_ms:>11.2f}"
+                f"{s.sensor_id:<16}{s.schema_name:<40}{s.count:>7}{s.rate_hz:>9.2f}{s.median_period_ms:>11.2f}"
                 f"{s.max_gap_ms:>12.2f}{s.gaps:>6}{f'{s.backward_jumps}/{s.forward_jumps}':>11}"
             )
         for e in self.errors:
@@ -119,7 +119,7 @@ def recording_info(path: Path) -> RecordingInfo:
         raise FileNotFoundError(f"no such recording: {path}")
     errors: list[str] = []
     with RecordingReader(path) as reader:
-        channels = {c.sensor_id: c for c in reader.channels()}
+        channels = {c.sensor_id: c for c in reader.channels() if c.primary}
         stamps: dict[str, list[int]] = {}
         try:
             for sensor_id, stamp_ns, _log_ns in reader.stamps():
@@ -135,3 +135,76 @@ def recording_info(path: Path) -> RecordingInfo:
     ]
     return RecordingInfo(path, path.stat().st_size, metadata, rig.name if rig else None,
                          rig.ids() if rig else [], stats, errors)
+
+
+@dataclass(frozen=True)
+class OffsetStats:
+    """Observed stamp offset of one matched sensor relative to the frame stamp [ms]."""
+
+    sensor_id: str
+    matched: int
+    missing: int
+    median_ms: float
+    p05_ms: float
+    p95_ms: float
+
+
+@dataclass
+class SyncView:
+    """How a recording's messages would be formed into frames by a sync config."""
+
+    frames: int
+    complete: int
+    partial: int
+    offsets: list[OffsetStats]
+    health_table: str
+    errors: list[str] = field(default_factory=list)
+
+    def format(self) -> str:
+        lines = ["", f"sync       {self.frames} frames: {self.complete} complete, {self.partial} partial", ""]
+        header = f"{'sensor':<16}{'matched':>8}{'missing':>8}{'offset p05 ms':>15}{'median ms':>11}{'p95 ms':>9}"
+        lines += [header, "-" * len(header)]
+        for o in self.offsets:
+            lines.append(f"{o.sensor_id:<16}{o.matched:>8}{o.missing:>8}{o.p05_ms:>15.1f}{o.median_ms:>11.1f}"
+                         f"{o.p95_ms:>9.1f}")
+        lines += ["", self.health_table]
+        lines += [f"ERROR: {e}" for e in self.errors]
+        return "\n".join(lines)
+
+
+def sync_view(path: Path, config_path: Path) -> SyncView:
+    """Replay ``path`` through a :class:`perception.sync.Synchronizer` built from ``config_path``, with
+    ``now_ns`` = each message's recorded stamp, and summarise the frames (complete vs partial, per-sensor
+    observed offsets) so a user can see and tune the sync config."""
+    from drivers.recording import RecordingError, RecordingReader
+    from perception.sync import SyncConfig, Synchronizer
+
+    config = SyncConfig.load(config_path)
+    sync = Synchronizer(config)
+    frames = []
+    errors: list[str] = []
+    now = 0
+    with RecordingReader(path) as reader:
+        try:
+            for msg in reader.messages():
+                if msg.sensor_id != config.reference and all(s.sensor_id != msg.sensor_id for s in config.sensors):
+                    continue
+                now = max(now, msg.stamp_ns)
+                frames += sync.poll(now)
+                frames += sync.push(msg, now)
+        except RecordingError as e:
+            errors.append(str(e))
+    frames += sync.flush()
+    matched_ids = [s.sensor_id for s in config.sensors if not s.stream]
+    offsets = []
+    for sid in matched_ids:
+        d = np.array([(f.messages[sid].stamp_ns - f.stamp_ns) / 1e6 for f in frames if sid in f.messages])
+        n_missing = sum(1 for f in frames if sid in f.missing)
+        if len(d):
+            offsets.append(OffsetStats(sid, len(d), n_missing, float(np.median(d)), float(np.percentile(d, 5)),
+                                       float(np.percentile(d, 95))))
+        else:
+            offsets.append(OffsetStats(sid, 0, n_missing, float("nan"), float("nan"), float("nan")))
+    partial = sum(1 for f in frames if f.partial)
+    return SyncView(len(frames), len(frames) - partial, partial, offsets,
+                    sync.report(now).format_table(), errors)

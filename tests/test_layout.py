@@ -41,11 +41,13 @@ def _config_loaders():
     from calibration.yamlconf import load_yaml_file
     from drivers.bags import BagTopicMap
     from drivers.sim import SimConfig
+    from perception.sync import SyncConfig
 
     return {
         "rig_": Rig.load,
         "sim_": lambda p: load_yaml_file(SimConfig, p),
         "bag_topics": BagTopicMap.load,
+        "sync_": SyncConfig.load,
     }
 
 
