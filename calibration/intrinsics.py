@@ -12,15 +12,18 @@ Each image goes through these checks, in order; the first that fails rejects the
 
 1. ``unreadable``: the file is missing or is not an image.
 2. ``empty``: no contrast (intensity range below 16 grey levels), e.g. an all-black frame.
-3. ``size``: the image size differs from the size most images have.
-4. ``blurry``: variance of the Laplacian below ``min_sharpness`` (sharp 640x480 boards measure
+3. ``blurry``: variance of the Laplacian below ``min_sharpness`` (sharp 640x480 boards measure
    500-850; a Gaussian blur of sigma 2 px brings them to ~19, sigma 4 px to ~4).
-5. ``no board``: no chessboard with the requested inner-corner count, or a grid that continues beyond
-   the detected corners (the board is larger than the pattern asked for, so the corners would not be
-   the whole board and their numbering would vary between views).
+4. ``no board``: no chessboard with the requested inner-corner count, or only part of a larger
+   board (the corners would not be the whole board and their numbering would vary between views).
+5. ``size``: the image size differs from the size most images have.
 6. ``outlier``: after a first solve, a per-view reprojection error above ``outlier_factor`` x the
    median (and above ``outlier_floor_px``); those views are dropped and the camera is solved again.
-7. ``ill-conditioned`` (fisheye only): a view ``cv2.fisheye.calibrate`` names as ill-conditioned.
+7. ``ill-conditioned`` (fisheye only): ``cv2.fisheye.calibrate`` fails with CALIB_CHECK_COND; the
+   view whose removal makes it succeed is dropped (see :func:`_ill_conditioned_view`).
+
+Checks 1-4 are :func:`find_board_views`, 5-7 :func:`calibrate_from_views`; corners found elsewhere can
+go straight to the latter.
 
 Corners are found with ``cv2.findChessboardCorners`` + ``cv2.cornerSubPix`` (fast, ~5 ms per
 640x480 image) and, where that fails, ``cv2.findChessboardCornersSB``. The two detectors may number
@@ -105,78 +108,101 @@ def sharpness(gray: np.ndarray) -> float:
     return float(cv2.Laplacian(gray, cv2.CV_64F).var())
 
 
-def _sample(blurred: np.ndarray, uv: np.ndarray) -> np.ndarray:
-    """Grey values at (N, 2) pixels (nearest), NaN outside the image."""
-    h, w = blurred.shape
+def _sample(image: np.ndarray, uv: np.ndarray) -> np.ndarray:
+    """Values of a (H, W) image at (N, 2) pixels (nearest pixel), NaN outside the image."""
+    h, w = image.shape
     out = np.full(len(uv), np.nan)
     ok = np.isfinite(uv).all(axis=1)
-    ok[ok] = (uv[ok, 0] >= 2) & (uv[ok, 0] <= w - 3) & (uv[ok, 1] >= 2) & (uv[ok, 1] <= h - 3)
-    iu = np.rint(uv[ok, 0]).astype(int)
-    iv = np.rint(uv[ok, 1]).astype(int)
-    out[ok] = blurred[iv, iu]
+    ok[ok] = (uv[ok, 0] >= 0) & (uv[ok, 0] <= w - 1) & (uv[ok, 1] >= 0) & (uv[ok, 1] <= h - 1)
+    out[ok] = image[np.rint(uv[ok, 1]).astype(int), np.rint(uv[ok, 0]).astype(int)]
     return out
 
 
-def _board_to_image(corners: np.ndarray, pattern: tuple[int, int]) -> np.ndarray:
-    """Homography (3, 3) from board coordinates in squares (i, j) to pixels, fitted to the corners."""
+@dataclass(frozen=True)
+class _GridProbe:
+    """Local geometry of a detected corner grid, for the X-junction checks.
+
+    grid: (rows, cols, 2) corners [px]; step_i / step_j: (rows, cols, 2) local vectors [px] to the next
+    corner along a row / down a column (central differences, one-sided at the border, so lens
+    distortion does not matter); image: the grey image box-blurred over ~1/5 square, float64."""
+
+    grid: np.ndarray
+    step_i: np.ndarray
+    step_j: np.ndarray
+    image: np.ndarray
+
+    @classmethod
+    def of(cls, gray: np.ndarray, corners: np.ndarray, pattern: tuple[int, int]) -> "_GridProbe":
+        cols, rows = pattern
+        g = corners.reshape(rows, cols, 2).astype(np.float64)
+        step_j, step_i = np.gradient(g, axis=(0, 1))
+        k = max(1, int(0.2 * np.median(np.linalg.norm(step_i, axis=2)))) | 1
+        return cls(g, step_i, step_j, cv2.blur(gray, (k, k)).astype(np.float64))
+
+    def responses(self, p: np.ndarray, a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, ...]:
+        """At points p (N, 2) with local steps a (along rows) and b (down columns): the X-junction
+        response (TL + BR) - (TR + BL) and the two straight-edge responses, from the four quadrants
+        a quarter square away. An X corner has a large X response and small edge responses; a board
+        edge or a T junction has a large edge response."""
+        tl, tr, br, bl = (_sample(self.image, p + sa * 0.25 * a + sb * 0.25 * b)
+                          for sa, sb in ((-1, -1), (1, -1), (1, 1), (-1, 1)))
+        return (tl + br) - (tr + bl), (tl + bl) - (tr + br), (tl + tr) - (bl + br)
+
+
+def _x_like(x: np.ndarray, eh: np.ndarray, ev: np.ndarray, parity: np.ndarray, sign: float, x_ref: float
+            ) -> tuple[np.ndarray, np.ndarray]:
+    """(valid, x_like) masks: sampled inside the image / looks like a chessboard corner of the
+    expected colour arrangement (the X response changes sign from one corner to the next)."""
+    valid = np.isfinite(x) & np.isfinite(eh) & np.isfinite(ev)
+    with np.errstate(invalid="ignore"):
+        like = (valid & (np.abs(x) > 0.4 * x_ref) & (np.maximum(np.abs(eh), np.abs(ev)) < 0.6 * np.abs(x))
+                & (np.sign(x * parity) == sign))
+    return valid, like
+
+
+def _check_grid(gray: np.ndarray, corners: np.ndarray, pattern: tuple[int, int]) -> str:
+    """Why a detected grid is not the whole board ("" when it is).
+
+    1. Every detected corner must look like a chessboard X corner (``findChessboardCornersSB`` can
+       return a grid that skips rows when asked for a wrong size).
+    2. One corner step beyond each side of the grid there must be no further X corners: on a
+       complete board that is the board's outer edge; when the pattern asked for is smaller than
+       the board, the grid continues (measured on the OpenCV sample boards: at most 3 of 8 points
+       on a side of a complete board look like corners, at least 4 of 5 when it continues)."""
     cols, rows = pattern
+    probe = _GridProbe.of(gray, corners, pattern)
     jj, ii = np.mgrid[0:rows, 0:cols]
-    src = np.stack([ii.ravel(), jj.ravel()], axis=1).astype(np.float64)
-    H, _ = cv2.findHomography(src, corners.astype(np.float64), 0)
-    return H
+    parity = np.where((ii + jj) % 2 == 0, 1.0, -1.0)
+    x, eh, ev = probe.responses(probe.grid.reshape(-1, 2), probe.step_i.reshape(-1, 2),
+                                probe.step_j.reshape(-1, 2))
+    sign = float(np.sign(np.nanmedian(x * parity.ravel())))
+    x_ref = float(np.nanmedian(np.abs(x)))
+    valid, like = _x_like(x, eh, ev, parity.ravel(), sign, x_ref)
+    if not x_ref > 0 or like.sum() < 0.8 * len(like):
+        return f"only {int(like.sum())} of {len(like)} detected corners look like chessboard corners"
+    g, a, b = probe.grid, probe.step_i, probe.step_j
+    sides = {
+        "left": (g[:, 0] - a[:, 0], a[:, 0], b[:, 0], -parity[:, 0]),
+        "right": (g[:, -1] + a[:, -1], a[:, -1], b[:, -1], -parity[:, -1]),
+        "top": (g[0] - b[0], a[0], b[0], -parity[0]),
+        "bottom": (g[-1] + b[-1], a[-1], b[-1], -parity[-1]),
+    }
+    for side, (p, sa, sb, par) in sides.items():
+        valid, like = _x_like(*probe.responses(p, sa, sb), par, sign, x_ref)
+        if valid.sum() >= 3 and like.sum() >= 0.6 * valid.sum():
+            return f"the chessboard continues beyond the detected corners ({side} side): it is larger"
+    return ""
 
 
-def _to_pixels(H: np.ndarray, ij: np.ndarray) -> np.ndarray:
-    p = np.concatenate([ij, np.ones((len(ij), 1))], axis=1) @ H.T
-    with np.errstate(divide="ignore", invalid="ignore"):
-        return p[:, :2] / p[:, 2:3]
-
-
-def _grid_continues(blurred: np.ndarray, corners: np.ndarray, pattern: tuple[int, int]) -> bool:
-    """True when the chessboard goes on beyond the detected corners on some side.
-
-    The ring of squares just outside the inner-corner grid belongs to the board (the outer squares);
-    the ring after it is paper margin for a complete detection but more squares, of the opposite
-    colour, when only part of a larger board was detected. We compare how strongly the grey values
-    alternate along each side in both rings."""
-    cols, rows = pattern
-    H = _board_to_image(corners, pattern)
-    if H is None:
-        return False
-    sides = []
-    js = np.arange(-0.5, rows, 1.0)
-    iis = np.arange(-0.5, cols, 1.0)
-    for k in (1, 2):
-        off = k - 0.5
-        sides.append([
-            np.stack([np.full_like(js, -off), js], axis=1),
-            np.stack([np.full_like(js, cols - 1 + off), js], axis=1),
-            np.stack([iis, np.full_like(iis, -off)], axis=1),
-            np.stack([iis, np.full_like(iis, rows - 1 + off)], axis=1),
-        ])
-    for ring1, ring2 in zip(sides[0], sides[1]):
-        v1 = _sample(blurred, _to_pixels(H, ring1))
-        v2 = _sample(blurred, _to_pixels(H, ring2))
-        ok = np.isfinite(v1) & np.isfinite(v2)
-        if ok.sum() < 3:
-            continue  # that side is outside the image: cannot tell
-        s = np.where(np.arange(len(v1)) % 2 == 0, 1.0, -1.0)[ok]
-        a1 = float(np.mean(s * v1[ok]))
-        a2 = float(np.mean(s * v2[ok]))
-        # A continuing board alternates as strongly, in the opposite phase.
-        if abs(a1) > 10 and a1 * a2 < 0 and abs(a2) > 0.5 * abs(a1):
-            return True
-    return False
-
-
-def _canonical_order(corners: np.ndarray, pattern: tuple[int, int], blurred: np.ndarray) -> np.ndarray:
+def _canonical_order(corners: np.ndarray, pattern: tuple[int, int], gray: np.ndarray) -> np.ndarray:
     """Renumber detected corners (N, 2) so the numbering follows the physical board, not the detector.
 
     1. Handedness: going along a row then down the rows must turn clockwise on screen (the board seen
        from its printed side); otherwise each row is reversed.
     2. Half-turn: when cols + rows is odd, the first and last inner squares have different colours, so
-       the order starting in the dark first square is unique; otherwise (a half-turn-symmetric board)
-       the first corner is the one nearer the image's top-left."""
+       the order that starts at a dark first square is unique; otherwise (a half-turn-symmetric board)
+       the first corner is the one nearer the image's top-left. Square patterns (cols == rows) can
+       also come out turned by 90 degrees; avoid them for stereo."""
     cols, rows = pattern
     g = corners.reshape(rows, cols, 2)
     a = g[0, -1] - g[0, 0]
@@ -186,21 +212,24 @@ def _canonical_order(corners: np.ndarray, pattern: tuple[int, int], blurred: np.
     if (cols + rows) % 2 == 1:
         first = g[:2, :2].reshape(-1, 2).mean(axis=0)
         second = g[:2, 1:3].reshape(-1, 2).mean(axis=0)
-        vals = _sample(blurred, np.stack([first, second]))
-        flip = np.all(np.isfinite(vals)) and vals[0] > vals[1]
+        vals = _sample(cv2.blur(gray, (3, 3)), np.stack([first, second]))
+        flip = bool(np.all(np.isfinite(vals)) and vals[0] > vals[1])
     else:
-        flip = g[-1, -1].sum() < g[0, 0].sum()
+        flip = bool(g[-1, -1].sum() < g[0, 0].sum())
     if flip:
         g = g[::-1, ::-1]
     return np.ascontiguousarray(g.reshape(-1, 2), dtype=np.float32)
 
 
 def _subpix_window(corners: np.ndarray, pattern: tuple[int, int]) -> int:
-    """Half-size [px] of the cornerSubPix window: under half the smallest corner spacing, 2..11."""
+    """Half-size [px] of the cornerSubPix window: 0.3 x the smallest corner spacing, 2..11 px.
+
+    A window reaching the neighbouring corners pulls the refinement off (on the OpenCV samples 0.4 x
+    left one corner 3 px off; 0.3 x gives the lowest calibration RMS)."""
     cols, rows = pattern
     g = corners.reshape(rows, cols, 2)
     d = min(np.linalg.norm(np.diff(g, axis=1), axis=2).min(), np.linalg.norm(np.diff(g, axis=0), axis=2).min())
-    return int(np.clip(0.4 * d, 2, 11))
+    return int(np.clip(0.3 * d, 2, 11))
 
 
 def detect_chessboard(gray: np.ndarray, pattern: tuple[int, int], use_sb_fallback: bool = True
@@ -213,27 +242,22 @@ def detect_chessboard(gray: np.ndarray, pattern: tuple[int, int], use_sb_fallbac
         use_sb_fallback: try ``cv2.findChessboardCornersSB`` (~0.1-0.4 s) when the classic detector fails.
     Returns:
         (cols * rows, 2) float32 sub-pixel corners [px] in canonical order (row by row, see
-        :func:`_canonical_order`), or None when no complete board with that pattern is visible."""
-    blurred = cv2.blur(gray, (5, 5))
+        :func:`_canonical_order`), or None when no complete board with that pattern is visible
+        (a detection that is only part of a larger board is refused, see :func:`_check_grid`)."""
     flags = cv2.CALIB_CB_ADAPTIVE_THRESH | cv2.CALIB_CB_NORMALIZE_IMAGE | cv2.CALIB_CB_FAST_CHECK
     found, corners = cv2.findChessboardCorners(gray, pattern, flags=flags)
-    if found:
+    if found and not _check_grid(gray, corners.reshape(-1, 2), pattern):
         corners = corners.reshape(-1, 2)
-        if _grid_continues(blurred, corners, pattern):
-            found = False
-        else:
-            win = _subpix_window(corners, pattern)
-            corners = cv2.cornerSubPix(gray, corners.reshape(-1, 1, 2).copy(), (win, win), (-1, -1),
-                                       _SUBPIX_CRITERIA).reshape(-1, 2)
-    if not found and use_sb_fallback:
+        win = _subpix_window(corners, pattern)
+        corners = cv2.cornerSubPix(gray, corners.reshape(-1, 1, 2).copy(), (win, win), (-1, -1),
+                                   _SUBPIX_CRITERIA).reshape(-1, 2)
+        return _canonical_order(corners, pattern, gray)
+    if use_sb_fallback:
         found, corners = cv2.findChessboardCornersSB(
             gray, pattern, flags=cv2.CALIB_CB_NORMALIZE_IMAGE | cv2.CALIB_CB_ACCURACY)
-        if found:
-            corners = corners.reshape(-1, 2)
-            found = not _grid_continues(blurred, corners, pattern)
-    if not found:
-        return None
-    return _canonical_order(corners, pattern, blurred)
+        if found and corners is not None and not _check_grid(gray, corners.reshape(-1, 2), pattern):
+            return _canonical_order(corners.reshape(-1, 2), pattern, gray)
+    return None
 
 
 @dataclass(frozen=True)
@@ -255,7 +279,7 @@ class BoardView:
 
 def find_board_views(image_paths: Sequence[Path], pattern: tuple[int, int],
                      min_sharpness: float = DEFAULT_MIN_SHARPNESS, progress: bool = False) -> list[BoardView]:
-    """Read each image and detect the board, applying checks 1, 2, 4 and 5 of the module doc.
+    """Read each image and detect the board, applying checks 1-4 of the module doc.
 
     Args:
         image_paths: image files (any format cv2.imread reads; colour is converted to grey).
@@ -391,8 +415,9 @@ class IntrinsicsResult:
         return "\n".join(lines)
 
 
-def _describe_rejections(reports: Sequence[ViewReport | BoardView], limit: int = 4) -> str:
-    """'3 blurry (a.jpg, b.jpg, c.jpg); 2 no board (d.jpg, e.jpg)' grouped by reason category."""
+def describe_rejections(reports: Sequence, limit: int = 4) -> str:
+    """Reports with ``path`` and ``reason`` ("category: detail") -> one line grouped by category, e.g.
+    '3 blurry (a.jpg, b.jpg, c.jpg); 2 no board (d.jpg, e.jpg)'; "none" when nothing was rejected."""
     groups: dict[str, list[str]] = {}
     for r in reports:
         if r.reason:
@@ -441,9 +466,10 @@ def _solve(model: ModelName, obj: list[np.ndarray], img: list[np.ndarray], size:
         flags = (_cv_flag("CALIB_RECOMPUTE_EXTRINSIC") | _cv_flag("CALIB_CHECK_COND")
                  | _cv_flag("CALIB_FIX_SKEW"))
         _, K, dist, rvecs, tvecs = cv2.fisheye.calibrate(
-            [o.reshape(-1, 1, 3).astype(np.float64) for o in obj],
-            [p.reshape(-1, 1, 2).astype(np.float64) for p in img],
-            size, None, None, flags=flags, criteria=_SOLVE_CRITERIA)
+            # (1, N, C) float64: the layout cv2.fisheye accepts in both OpenCV 4 and 5.
+            [o.reshape(1, -1, 3).astype(np.float64) for o in obj],
+            [p.reshape(1, -1, 2).astype(np.float64) for p in img],
+            size, np.zeros((3, 3)), np.zeros((4, 1)), flags=flags, criteria=_SOLVE_CRITERIA)
         dist = np.asarray(dist, np.float64).ravel()[:4]
     if not (np.all(np.isfinite(K)) and np.all(np.isfinite(dist))):
         raise CalibrationError(f"{model} calibration diverged (non-finite intrinsics)")
@@ -453,6 +479,32 @@ def _solve(model: ModelName, obj: list[np.ndarray], img: list[np.ndarray], size:
         raise CalibrationError(f"{model} calibration gave an invalid camera: {e}") from e
     return (cam, [np.asarray(r, np.float64).reshape(3) for r in rvecs],
             [np.asarray(t, np.float64).reshape(3) for t in tvecs])
+
+
+def _ill_conditioned_view(obj: list[np.ndarray], img: list[np.ndarray], size: tuple[int, int], named: int,
+                          paths: list[Path]) -> tuple[int, str]:
+    """Which view to drop after cv2.fisheye.calibrate failed with CALIB_CHECK_COND -> (index, reason).
+
+    The view OpenCV names is not always the culprit: one bad view spoils the intrinsics, and then a
+    good view's pose is what turns ill-conditioned. So each view is left out in turn; the one whose
+    removal lets the solve succeed with the lowest error is dropped. When no single removal helps
+    (several bad views), the named view goes, and the next round continues from there."""
+    best: tuple[float, int] | None = None
+    for j in range(len(obj)):
+        rest_obj, rest_img = obj[:j] + obj[j + 1:], img[:j] + img[j + 1:]
+        try:
+            cam, rvecs, tvecs = _solve("fisheye", rest_obj, rest_img, size)
+        except (cv2.error, CalibrationError):
+            continue
+        err = np.concatenate(view_errors(cam, rest_obj, rest_img, rvecs, tvecs))
+        rms = float(np.sqrt(np.mean(err**2)))
+        if np.isfinite(rms) and (best is None or rms < best[0]):
+            best = (rms, j)
+    if best is not None:
+        return best[1], (f"ill-conditioned: cv2.fisheye.calibrate fails with this view (CALIB_CHECK_COND, "
+                         f"naming {paths[min(named, len(paths) - 1)].name}) and succeeds without it")
+    named = min(named, len(obj) - 1)
+    return named, "ill-conditioned: named by cv2.fisheye.calibrate (CALIB_CHECK_COND)"
 
 
 def calibrate_intrinsics(
@@ -469,7 +521,7 @@ def calibrate_intrinsics(
     """Calibrate one camera from chessboard images.
 
     Args:
-        image_paths: the images (one board per image).
+        image_paths: the images (one board per image); repeated paths are used once.
         pattern: inner corners (per row, rows), e.g. (9, 6) for a board of 10 x 7 squares.
         square_m: side of one square [m].
         model: "pinhole" (cv2.calibrateCamera, k1 k2 p1 p2 k3) or "fisheye" (cv2.fisheye.calibrate,
@@ -485,20 +537,40 @@ def calibrate_intrinsics(
         CalibrationError: no images, no board in any image (with a hint at the right pattern size),
             fewer than ``min_views`` usable views (with counts and reasons), or a failed solve.
     """
+    if not image_paths:
+        raise CalibrationError("no images given for calibration")
+    paths = list(dict.fromkeys(Path(p) for p in image_paths))
+    pattern = (int(pattern[0]), int(pattern[1]))
+    views = find_board_views(paths, pattern, min_sharpness, progress)
+    return calibrate_from_views(views, pattern, square_m, model, min_views, outlier_factor, outlier_floor_px)
+
+
+def calibrate_from_views(
+    board_views: Sequence[BoardView],
+    pattern: tuple[int, int],
+    square_m: float,
+    model: ModelName = "pinhole",
+    min_views: int = 5,
+    outlier_factor: float = 3.0,
+    outlier_floor_px: float = 1.0,
+) -> IntrinsicsResult:
+    """Calibrate one camera from boards already looked for (:func:`find_board_views`, or corners
+    from elsewhere); checks 5-7 of the module doc happen here. Arguments, result and errors
+    as :func:`calibrate_intrinsics`."""
     if model not in ("pinhole", "fisheye"):
         raise CalibrationError(f"camera model must be 'pinhole' or 'fisheye', got {model!r}")
-    if not image_paths:
+    if not board_views:
         raise CalibrationError("no images given for calibration")
     if not square_m > 0:
         raise CalibrationError(f"square size must be positive [m], got {square_m}")
     pattern = (int(pattern[0]), int(pattern[1]))
-    views, size = _check_sizes(find_board_views(image_paths, pattern, min_sharpness, progress))
+    views, size = _check_sizes(list(board_views))
     found = [v for v in views if v.corners is not None]
     searched = [v for v in views if v.reason.startswith("no board")]
     if not found and searched:
         raise CalibrationError(
             f"no {pattern[0]}x{pattern[1]} chessboard found in any of {len(views)} images "
-            f"({_describe_rejections(views)}); the pattern counts inner corners (squares - 1 per side): "
+            f"({describe_rejections(views)}); the pattern counts inner corners (squares - 1 per side): "
             f"{_pattern_hint([v.path for v in searched], pattern)}")
 
     board = board_object_points(pattern, square_m)
@@ -512,7 +584,7 @@ def calibrate_intrinsics(
         rejected = [r for r in reports.values() if not r.accepted]
         return CalibrationError(
             f"only {len(active)} usable view(s) of {len(views)} images, need at least {min_views} for "
-            f"{model} calibration; rejected: {_describe_rejections(rejected)}")
+            f"{model} calibration; rejected: {describe_rejections(rejected)}")
 
     rounds = 0
     while True:
@@ -524,20 +596,24 @@ def calibrate_intrinsics(
             cam, rvecs, tvecs = _solve(model, obj, img, size)
         except cv2.error as e:
             m = re.search(r"input array (\d+)", str(e))
-            if model == "fisheye" and m and int(m.group(1)) < len(active):
-                bad = active.pop(int(m.group(1)))
-                reports[bad.path] = ViewReport(bad.path, None, False,
-                                               "ill-conditioned: cv2.fisheye.calibrate cannot use this view")
+            if model == "fisheye" and m:
+                culprit, reason = _ill_conditioned_view(obj, img, size, int(m.group(1)), [v.path for v in active])
+                bad = active.pop(culprit)
+                reports[bad.path] = ViewReport(bad.path, None, False, reason)
                 continue
             msg = str(e).strip().splitlines()[-1] if str(e).strip() else repr(e)
             raise CalibrationError(f"{model} calibration failed on {len(active)} views: {msg}") from e
         errs = view_errors(cam, obj, img, rvecs, tvecs)
+        # A view the solve could not place (NaN error) is the worst outlier there is.
         per_view_rms = np.array([np.sqrt(np.mean(e**2)) for e in errs])
-        limit = max(outlier_factor * float(np.median(per_view_rms)), outlier_floor_px)
+        per_view_rms[~np.isfinite(per_view_rms)] = np.inf
+        if not np.isfinite(per_view_rms).any():
+            raise CalibrationError(f"{model} calibration diverged: no view reprojects to a finite error")
+        med = float(np.median(per_view_rms[np.isfinite(per_view_rms)]))
+        limit = max(outlier_factor * med, outlier_floor_px)
         outliers = [i for i, e in enumerate(per_view_rms) if e > limit]
         if outliers and rounds < _MAX_OUTLIER_ROUNDS:
             rounds += 1
-            med = float(np.median(per_view_rms))
             for i in outliers:
                 p = active[i].path
                 reports[p] = ViewReport(p, float(per_view_rms[i]), False,
@@ -551,6 +627,9 @@ def calibrate_intrinsics(
         reports[v.path] = ViewReport(v.path, float(e), True, "")
     all_err = np.concatenate(errs)
     rms = float(np.sqrt(np.mean(all_err**2)))
+    if not np.isfinite(rms):
+        raise CalibrationError(f"{model} calibration diverged: non-finite reprojection error after "
+                               f"{_MAX_OUTLIER_ROUNDS} rounds of outlier rejection")
 
     def frozen(a: np.ndarray) -> np.ndarray:
         a = np.array(a)
@@ -572,7 +651,9 @@ def calibrate_intrinsics(
 
 
 # ------------------------------------------------------------------------------------------- the rig
-def _load_rig_for_update(rig_path: Path, create_missing: bool) -> Rig:
+def load_rig_for_update(rig_path: Path, create_missing: bool) -> Rig:
+    """The rig in ``rig_path`` (an empty rig named after the file when it is missing and
+    ``create_missing``); CalibrationError when missing otherwise or invalid."""
     if not rig_path.exists():
         if not create_missing:
             raise CalibrationError(f"rig file {rig_path} does not exist (ask to create it explicitly)")
@@ -583,7 +664,7 @@ def _load_rig_for_update(rig_path: Path, create_missing: bool) -> Rig:
         raise CalibrationError(f"cannot update rig: {e}") from e
 
 
-def _with_camera(rig: Rig, rig_path: Path, camera_id: str, camera: CameraModel, create_missing: bool) -> Rig:
+def rig_with_camera(rig: Rig, rig_path: Path, camera_id: str, camera: CameraModel, create_missing: bool) -> Rig:
     """``rig`` with ``camera_id``'s intrinsics replaced (or the camera added with identity pose)."""
     if camera_id in rig:
         sensor = rig[camera_id]
@@ -613,9 +694,9 @@ def write_intrinsics_to_rig(rig_path: str | Path, camera_id: str, camera_model: 
         CalibrationError: unreadable/invalid rig, unknown camera (without ``create_missing``), or a
             sensor of that id that is not a camera. The file is untouched in every error case."""
     rig_path = Path(rig_path)
-    rig = _load_rig_for_update(rig_path, create_missing)
+    rig = load_rig_for_update(rig_path, create_missing)
     try:
-        rig = _with_camera(rig, rig_path, camera_id, camera_model, create_missing)
+        rig = rig_with_camera(rig, rig_path, camera_id, camera_model, create_missing)
     except RigError as e:
         raise CalibrationError(f"cannot update rig {rig_path}: {e}") from e
     rig.save(rig_path)
