@@ -4,11 +4,12 @@ Sound pressure at each microphone is the sum of
   * sirens: every scene object with ``siren > 0`` (1 wail, 2 yelp) radiates a swept tone with a few
     harmonics from the top of its roof; the wave reaches microphone m at time t after leaving the source
     at the emission time tau that solves ``t - tau = |mic_m(t) - source(tau)| / c`` (c = 343 m/s), solved
-    per sample by fixed-point iteration to 1e-11 s (it contracts by |v_source| / c). The waveform is an analytic function of tau (the phase is the closed-form integral of
-    the instantaneous frequency), so Doppler shift, inter-microphone delays and chunk joins come out
-    exactly. Amplitude falls as 1 / r (spherical spreading) with air absorption (ISO 9613-1 order of
-    magnitude, about 5 dB/km at 1 kHz, growing ~f^1.6), plus one reflection from the ground (an image
-    source below the road, coefficient 0.5: hard asphalt, but partly incoherent over the rough surface).
+    per sample by fixed-point iteration to 1e-11 s (it contracts by |v_source| / c). The waveform is an
+    analytic function of tau (the phase is the closed-form integral of the instantaneous frequency), so
+    Doppler shift, inter-microphone delays and chunk joins come out exactly. Amplitude falls as 1 / r
+    (spherical spreading) with air absorption (ISO 9613-1 order of magnitude, about 5 dB/km at 1 kHz,
+    growing ~f^1.6), plus one reflection from the ground (an image source below the road, coefficient
+    0.5: hard asphalt, but partly incoherent over the rough surface).
   * road noise: the four tyre contact patches are noise sources (flat 50-400 Hz, -12 dB/octave above)
     whose level rises with ego speed (pressure ~ v^1.75); each reaches each microphone with its own
     delay and 1 / r.
@@ -22,13 +23,18 @@ k (sample time n / rate). Noise comes from a counter-based hash of (key, stream,
 kernels, so no filter state is carried between calls and any split of the stream into chunks gives the
 same samples (to float rounding). The key is derived from the rng's seed sequence without drawing from it
 (``rng.bit_generator.seed_seq.generate_state``): the same rng seed gives the same audio, another seed other
-noise, and the caller may advance or share the rng between chunks without creating clicks. Positions of
-the ego and of the sources are sampled on a grid of absolute times every 10 ms and interpolated linearly
-(the error is below a micrometre at road speeds and curvatures).
+noise, and the caller may advance or share the rng between chunks without creating clicks. The ego pose
+is sampled on a grid of absolute times every 10 ms (linear interpolation), source positions every 50 ms
+with the scene's velocities (cubic Hermite); at road speeds and curvatures both are exact to well below
+a millimetre. Sources beyond 800 m are skipped after fading out over the last 200 m.
+
+Cost: about 30-80 ms of one core per second of 4-channel 16 kHz audio (numpy FFT filtering and numba
+kernels; the upper end with a siren in range and 100 ms chunks).
 """
 
 from __future__ import annotations
 
+import functools
 import math
 
 import numba as nb
@@ -41,10 +47,11 @@ FULL_SCALE_PA = 20e-6 * 10 ** (130.0 / 20.0)  # digital 1.0 = 130 dB SPL peak
 SIREN_LEVEL_DB = 118.0  # dB SPL (rms) at 1 m from the light bar
 SIREN_CENTER_HZ = 1000.0
 SIREN_SWING_HZ = 400.0  # the sweep spans 600-1400 Hz
-SIREN_HARMONICS = ((1, 1.0), (2, 0.15), (3, 0.2))  # (multiple, relative amplitude)
+SIREN_HARMONICS = ((1, 1.0), (2, 0.15), (3, 0.2))  # (multiple, relative amplitude); multiples 1, 2, 3...
 WAIL_PERIOD_S = (3.0, 4.0)  # per-source period drawn in this range (deterministic from the track id)
 YELP_PERIOD_S = (0.25, 0.35)
 SIREN_RANGE_M = 800.0  # sources further away are inaudible under road noise and skipped
+SIREN_FADE_M = 200.0  # ...after fading out smoothly over this distance
 GROUND_REFLECTION = 0.5
 ROAD_NOISE_DB_AT_22MPS = 86.0  # dB SPL at 1 m from one tyre at 80 km/h
 WIND_NOISE_DB_AT_20MPS = 75.0  # dB SPL at a windscreened microphone at 72 km/h
@@ -108,7 +115,7 @@ def synth_audio(scene: Scene, t0_s: float, n_samples: int, sample_rate: int, mic
     p += _sirens(scene, t, mx, my, mz)
     p += _road_noise(key, index, fs, mics, speed)
     p += _wind_noise(key, index, fs, M, speed)
-    p += _pa(SELF_NOISE_DB) * _counter_normal(key, 100, index, M)
+    p += _pa(SELF_NOISE_DB) * _counter_normal(key, 2000 + np.arange(M), index)
     return np.clip(p / FULL_SCALE_PA, -1.0, 1.0).astype(np.float32)
 
 
@@ -123,14 +130,25 @@ def siren_frequency(kind: int, tau: np.ndarray, period_s: float) -> np.ndarray:
         tau: emission times [s]; period_s: sweep period [s].
     """
     _check_kind(kind)
-    return SIREN_CENTER_HZ + SIREN_SWING_HZ * np.sin(2 * np.pi * np.asarray(tau) / period_s)
+    return _sweep_frequency(np.asarray(tau, dtype=np.float64), float(period_s))
 
 
 def siren_phase_cycles(kind: int, tau: np.ndarray, period_s: float) -> np.ndarray:
     """Phase [cycles] of the siren's fundamental: the closed-form integral of :func:`siren_frequency`
     from 0 to ``tau`` (so the waveform is continuous and exact at any emission time)."""
     _check_kind(kind)
-    tau = np.asarray(tau, dtype=np.float64)
+    return _sweep_cycles(np.asarray(tau, dtype=np.float64), float(period_s))
+
+
+@nb.njit(cache=True, nogil=True)
+def _sweep_frequency(tau, period_s):
+    """Sinusoidal sweep 600-1400 Hz with period ``period_s`` (scalars or arrays)."""
+    return SIREN_CENTER_HZ + SIREN_SWING_HZ * np.sin(2 * np.pi * tau / period_s)
+
+
+@nb.njit(cache=True, nogil=True)
+def _sweep_cycles(tau, period_s):
+    """Integral of :func:`_sweep_frequency` from 0 to tau [cycles] (scalars or arrays)."""
     w = period_s / (2 * np.pi)
     return SIREN_CENTER_HZ * tau + SIREN_SWING_HZ * w * (1.0 - np.cos(tau / w))
 
@@ -186,16 +204,46 @@ def _sirens(scene: Scene, t: np.ndarray, mx: np.ndarray, my: np.ndarray, mz: np.
         for zs, gain in ((heights[j], 1.0), (-heights[j], GROUND_REFLECTION)):
             tau, r = _emission(t, np.ascontiguousarray(mx), np.ascontiguousarray(my), np.ascontiguousarray(mz),
                                float(grid[0]), xs[j], ys[j], vxs[j], vys[j], float(zs))
-            te = tau + offset  # each vehicle's sweep starts at its own phase
-            cycles = siren_phase_cycles(kind, te, period)
-            f_inst = siren_frequency(kind, te, period)
-            frac = cycles - np.floor(cycles)  # keep the phase argument small for sin's precision
-            wave = np.zeros_like(r)
-            for mult, amp in SIREN_HARMONICS:
-                absorb_db = 4.7e-3 * (mult * f_inst / 1000.0) ** 1.6 * r
-                wave += amp * 10.0 ** (-absorb_db / 20.0) * np.sin(2 * np.pi * mult * frac)
-            out += gain * p_ref * wave / np.maximum(r, 1.0)
+            _add_siren_wave(tau, r, offset, period, gain * p_ref, _HARMONIC_MULT, _HARMONIC_AMP,
+                            _HARMONIC_ABSORB, out)
     return out
+
+
+_HARMONIC_MULT = np.array([float(m) for m, _ in SIREN_HARMONICS])
+_HARMONIC_AMP = np.array([a for _, a in SIREN_HARMONICS])
+# Air absorption 4.7 dB/km at 1 kHz growing as f^1.6: amplitude factor exp(-coef * f^1.6 * r) per harmonic.
+_HARMONIC_ABSORB = 4.7e-3 * (_HARMONIC_MULT / 1000.0) ** 1.6 * math.log(10.0) / 20.0
+
+
+@nb.njit(cache=True, nogil=True)
+def _add_siren_wave(tau, r, offset, period, amplitude, mult, amp, absorb, out):
+    """Add one propagation path of one siren to ``out`` (M, n) [Pa].
+
+    Args:
+        tau, r: (M, n) emission times [s] and path lengths [m]; offset: the vehicle's sweep phase [s];
+        period: sweep period [s]; amplitude: fundamental amplitude at 1 m [Pa] times the path's
+        reflection gain; mult, amp, absorb: harmonic multiples (1, 2, 3, ... in order), relative
+        amplitudes and absorption coefficients (_HARMONIC_ABSORB).
+    Spreading 1 / r, air absorption 4.7 dB/km at 1 kHz growing as f^1.6, and a smooth fade to zero
+    toward SIREN_RANGE_M (so dropping far sources never makes a step).
+    """
+    M, n = tau.shape
+    for m in range(M):
+        for k in range(n):
+            te = tau[m, k] + offset
+            cycles = _sweep_cycles(te, period)
+            frac = cycles - math.floor(cycles)  # keep the phase argument small for sin's precision
+            rr = r[m, k]
+            path = _sweep_frequency(te, period) ** 1.6 * rr
+            # Harmonics 1, 2, 3...: sin(h x) by the Chebyshev recurrence from sin x and cos x.
+            x = 2 * math.pi * frac
+            s_prev, s_cur, c2 = 0.0, math.sin(x), 2.0 * math.cos(x)
+            wave = 0.0
+            for h in range(mult.shape[0]):
+                wave += amp[h] * math.exp(-absorb[h] * path) * s_cur
+                s_prev, s_cur = s_cur, c2 * s_cur - s_prev
+            fade = min(max((SIREN_RANGE_M - rr) / SIREN_FADE_M, 0.0), 1.0)
+            out[m, k] += amplitude * wave * fade * fade * (3.0 - 2.0 * fade) / max(rr, 1.0)
 
 
 @nb.njit(cache=True, nogil=True)
@@ -203,12 +251,16 @@ def _emission(t, mx, my, mz, g0, xs, ys, vxs, vys, zs):
     """Emission time and path length for every microphone and sample.
 
     Solves ``tau = t - |mic(t) - source(tau)| / c`` by fixed-point iteration (a contraction by
-    |v_source| / c) until tau moves less than 1e-11 s, starting from the previous sample's delay (the
-    first sample of a chunk starts from tau = t and simply takes a few more steps, so the result does
-    not depend on where chunks start). The source track is sampled every SOURCE_GRID_S from g0 (xs, ys
-    positions [m], vxs, vys velocities [m/s], world frame) and interpolated by cubic Hermite; its height
-    is zs [m]. Args t: (n,) reception times [s]; mx, my, mz: (M, n) microphone positions [m].
-    Returns tau (M, n) [s] and r (M, n) [m].
+    |v_source| / c) until tau moves less than 1e-11 s, starting from the delay extrapolated from the
+    previous two samples (the first samples of a chunk start from tau = t and simply take more steps,
+    so the result does not depend on where chunks start). The source track is sampled every
+    SOURCE_GRID_S from g0 (xs, ys positions [m], vxs, vys velocities [m/s], world frame) and interpolated
+    by cubic Hermite; its height is zs [m].
+
+    Args:
+        t: (n,) reception times [s]; mx, my, mz: (M, n) microphone positions [m], world frame.
+    Returns:
+        tau (M, n) [s] and r (M, n) [m].
     """
     M, n = mx.shape
     G = xs.shape[0]
@@ -217,8 +269,10 @@ def _emission(t, mx, my, mz, g0, xs, ys, vxs, vys, zs):
     r = np.empty((M, n))
     for m in range(M):
         delay = 0.0
+        prev = 0.0
         for k in range(n):
-            ta = t[k] - delay
+            guess = 0.0 if k == 0 else (delay if k == 1 else 2.0 * delay - prev)
+            ta = t[k] - guess
             rr = 0.0
             for _ in range(EMISSION_MAX_ITERATIONS):
                 f = (ta - g0) / h
@@ -238,6 +292,7 @@ def _emission(t, mx, my, mz, g0, xs, ys, vxs, vys, zs):
                 ta = new
                 if done:
                     break
+            prev = delay
             delay = t[k] - ta
             tau[m, k] = ta
             r[m, k] = rr
@@ -267,18 +322,39 @@ def _hash_u64(x: np.ndarray) -> np.ndarray:
     return x ^ (x >> np.uint64(31))
 
 
-def _counter_normal(key: int, stream: int, index: np.ndarray, rows: int) -> np.ndarray:
-    """(rows, len(index)) standard normal numbers that depend only on (key, stream, row, index)."""
-    idx = np.asarray(index, dtype=np.int64).astype(np.uint64)
-    row = np.arange(rows, dtype=np.uint64)[:, None]
-    with np.errstate(over="ignore"):
-        base = (np.uint64(key) ^ (np.uint64(stream) * np.uint64(0x9E3779B97F4A7C15))
-                ^ ((row + np.uint64(1)) * np.uint64(0xD1B54A32D192ED03)))
-        h1 = _hash_u64(base ^ (idx[None, :] * np.uint64(0xC2B2AE3D27D4EB4F)))
-    h2 = _hash_u64(h1 ^ np.uint64(0x8CB92BA72F3D8DD7))
-    u1 = ((h1 >> np.uint64(11)).astype(np.float64) + 0.5) / 2.0**53
-    u2 = (h2 >> np.uint64(11)).astype(np.float64) / 2.0**53
-    return np.sqrt(-2.0 * np.log(u1)) * np.cos(2 * np.pi * u2)  # Box-Muller
+def _counter_normal(key: int, streams, index: np.ndarray) -> np.ndarray:
+    """Standard normal numbers that depend only on (key, stream, sample index): row r of the result
+    belongs to stream ``streams[r]`` at the sample indices ``index[r]`` (``index`` (R, L), or (L,)
+    shared by all rows). Returns (R, L) float64."""
+    st = np.asarray(streams, dtype=np.int64).reshape(-1)
+    idx = np.asarray(index, dtype=np.int64)
+    if idx.ndim == 1:
+        idx = np.broadcast_to(idx[None, :], (len(st), len(idx)))
+    out = np.empty(idx.shape)
+    _counter_normal_kernel(np.uint64(key), st, np.ascontiguousarray(idx), out)
+    return out
+
+
+@nb.njit(cache=True, nogil=True)
+def _mix64(x):
+    """splitmix64 finaliser (uint64 -> uint64)."""
+    x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+    x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+    return x ^ (x >> np.uint64(31))
+
+
+@nb.njit(cache=True, nogil=True)
+def _counter_normal_kernel(key, streams, index, out):
+    """Box-Muller normals from two hashes of (key, stream, index) per element."""
+    R, L = index.shape
+    for r in range(R):
+        base = key ^ ((np.uint64(streams[r]) + np.uint64(1)) * np.uint64(0x9E3779B97F4A7C15))
+        for k in range(L):
+            h1 = _mix64(base ^ (np.uint64(index[r, k]) * np.uint64(0xC2B2AE3D27D4EB4F)))
+            h2 = _mix64(h1 ^ np.uint64(0x8CB92BA72F3D8DD7))
+            u1 = (float(h1 >> np.uint64(11)) + 0.5) / 9007199254740992.0
+            u2 = float(h2 >> np.uint64(11)) / 9007199254740992.0
+            out[r, k] = math.sqrt(-2.0 * math.log(u1)) * math.cos(2.0 * math.pi * u2)
 
 
 def _shaped_kernel(magnitude, fs: int, delay_samples: np.ndarray) -> np.ndarray:
@@ -309,40 +385,65 @@ def _noise_gain(magnitude, fs: int) -> float:
     return 1.0 / math.sqrt(float(np.mean(magnitude(f) ** 2)))
 
 
-def _filtered(white: np.ndarray, kernels: np.ndarray) -> np.ndarray:
-    """'valid' convolution of white (..., n + FIR_TAPS - 1) with kernels (..., FIR_TAPS) -> (..., n)."""
+def _filtered(white: np.ndarray, kernel_spectra: np.ndarray, nfft: int) -> np.ndarray:
+    """'valid' convolution of white (..., n + FIR_TAPS - 1) with kernels given as their rfft (..., F)
+    of length ``nfft`` -> (..., n)."""
     L = white.shape[-1]
-    nfft = 1 << int(math.ceil(math.log2(L + FIR_TAPS)))
-    y = np.fft.irfft(np.fft.rfft(white, nfft) * np.fft.rfft(kernels, nfft), nfft)
+    y = np.fft.irfft(np.fft.rfft(white, nfft) * kernel_spectra, nfft)
     return y[..., FIR_TAPS - 1:L]
 
 
-def _road_noise(key: int, index: np.ndarray, fs: int, mics: np.ndarray, speed: np.ndarray) -> np.ndarray:
-    """Tyre/road noise [Pa] (M, n): 4 tyre sources, each delayed and attenuated to every microphone."""
-    M = len(mics)
-    extra = FIR_TAPS // 2  # kernels are centred: look ahead by half a kernel
-    span = np.arange(index[0] - (FIR_TAPS - 1) + extra, index[-1] + 1 + extra)
-    white = _counter_normal(key, 1, span, len(TYRES_EGO))  # (4, n + taps - 1)
-    dist = np.linalg.norm(mics[:, None, :] - TYRES_EGO[None, :, :], axis=2)  # (M, 4)
+def _fft_size(n: int) -> int:
+    return 1 << int(math.ceil(math.log2(n + 2 * FIR_TAPS)))
+
+
+def _white_span(index: np.ndarray) -> np.ndarray:
+    """Absolute sample indices of the white noise a centred FIR_TAPS kernel needs for output ``index``."""
+    half = FIR_TAPS // 2
+    return np.arange(index[0] - half, index[-1] + half + 1)
+
+
+@functools.lru_cache(maxsize=32)
+def _road_filters(fs: int, mics: tuple, nfft: int) -> tuple[np.ndarray, np.ndarray]:
+    """Per microphone and tyre: whole-sample delay (M, J) and the rfft (M, J, F) of the fractional-delay,
+    1 / r attenuated road-noise kernel. Fixed for a rig, so cached."""
+    m = np.array(mics)
+    dist = np.linalg.norm(m[:, None, :] - TYRES_EGO[None, :, :], axis=2)  # (M, J) [m]
     delay = dist / SPEED_OF_SOUND_MPS * fs
-    # The kernel is delayed by the acoustic delay on top of its centre; the common part of the delay is
-    # irrelevant for a stationary source, the differences between microphones are what an array sees.
-    kern = _shaped_kernel(_road_magnitude, fs, delay - delay.min()) / np.maximum(dist, 0.3)[..., None]
-    out = np.zeros((M, len(index)))
-    for tyre in range(len(TYRES_EGO)):
-        out += _filtered(np.broadcast_to(white[tyre], (M, white.shape[1])), kern[:, tyre])
+    whole = np.floor(delay).astype(np.int64)
+    kern = _shaped_kernel(_road_magnitude, fs, delay - whole) / np.maximum(dist, 0.3)[..., None]
+    return whole, np.fft.rfft(kern, nfft) * _noise_gain(_road_magnitude, fs)
+
+
+@functools.lru_cache(maxsize=32)
+def _wind_filter(fs: int, nfft: int) -> np.ndarray:
+    """rfft (F,) of the unit-variance wind-noise kernel."""
+    return np.fft.rfft(_shaped_kernel(_wind_magnitude, fs, np.zeros(1))[0], nfft) * _noise_gain(_wind_magnitude, fs)
+
+
+def _road_noise(key: int, index: np.ndarray, fs: int, mics: np.ndarray, speed: np.ndarray) -> np.ndarray:
+    """Tyre/road noise [Pa] (M, n): 4 tyre sources, each delayed and attenuated to every microphone.
+
+    Each tyre is one noise stream; microphone m hears it ``delay = distance / c`` later: the whole
+    samples of the delay shift the stream's index, the fraction is a fractional-delay FIR kernel
+    (so the differences between microphones are exact, as an array sees them)."""
+    M, J = len(mics), len(TYRES_EGO)
+    nfft = _fft_size(len(index))
+    whole, spectra = _road_filters(fs, tuple(map(tuple, mics.tolist())), nfft)
+    span = _white_span(index)
+    streams = np.tile(10 + np.arange(J), M)  # one stream per tyre, heard by every microphone
+    white = _counter_normal(key, streams, span[None, :] - whole.reshape(-1, 1)).reshape(M, J, -1)
+    out = _filtered(white, spectra, nfft).sum(axis=1)
     level = _pa(ROAD_NOISE_DB_AT_22MPS) * (np.maximum(speed, 0.0) / 22.0) ** 1.75
-    return out * level[None, :] * _noise_gain(_road_magnitude, fs)
+    return out * level[None, :]
 
 
 def _wind_noise(key: int, index: np.ndarray, fs: int, M: int, speed: np.ndarray) -> np.ndarray:
-    """Wind noise [Pa] (M, n): independent per microphone, below ~200 Hz, pressure ~ v^2."""
-    extra = FIR_TAPS // 2
-    span = np.arange(index[0] - (FIR_TAPS - 1) + extra, index[-1] + 1 + extra)
-    white = _counter_normal(key, 2, span, M)
-    kern = _shaped_kernel(_wind_magnitude, fs, np.zeros(M))
+    """Wind noise [Pa] (M, n): independent per microphone, below ~100 Hz, pressure ~ v^2."""
+    nfft = _fft_size(len(index))
+    white = _counter_normal(key, 1000 + np.arange(M), _white_span(index))
     level = _pa(WIND_NOISE_DB_AT_20MPS) * (np.maximum(speed, 0.0) / 20.0) ** 2
-    return _filtered(white, kern) * level[None, :] * _noise_gain(_wind_magnitude, fs)
+    return _filtered(white, _wind_filter(fs, nfft)[None, :], nfft) * level[None, :]
 
 
 # -------------------------------------------------------------------------------------------- ego

@@ -17,18 +17,22 @@ ambient, and at night street lamps and the ego's low beams; lamps, headlights, t
 are emissive and bloom. Weather (``clear | rain | fog | night``):
   * fog: Koschmieder's law, radiance L = L0 exp(-beta r) + A (1 - exp(-beta r)) with beta = 3.912 / V
     (visibility V = 60 m) and a grey airlight A; the sky is the airlight.
-  * rain: overcast (no sun, darker sky), extinction for V = 500 m, wet road (darker, mirrors the sky),
-    streaks on the image and water drops on the lens (they show an inverted, blurred scene), more noise.
+  * rain: overcast (no sun, darker sky), extinction for V = 500 m, wet road (darker, mirrors the sky,
+    puddles), veiling glare from water on the lens cover (20 % of the light spread evenly: lower
+    contrast), streaks on the image and drops on the lens (each shows an inverted, blurred scene),
+    more noise.
   * night: dark sky with a faint light-pollution glow, street lamps and headlights lighting the ground,
     a higher sensor gain with strong noise.
   * clear: sun, clouds, a little haze toward the horizon (V = 8 km), small noise.
 Sensor noise is added in linear space (read noise + shot noise) before the sRGB curve, from a
-counter-based hash of the pixel index keyed by one draw from the caller's ``rng``: the same rng state gives
-the same image, and the rest of the rendering is a pure function of the scene and the time.
+counter-based hash of the pixel index keyed by one draw from the caller's ``rng`` (rain also draws its
+streaks and drops from it): the same rng state gives the same image, and the rest of the rendering is a
+pure function of the scene and the time.
 
-Edges are anti-aliased adaptively: pixels whose hit differs from a neighbour's, or whose brightness jumps,
-are re-rendered with four sub-pixel rays (rays interpolated from the neighbouring pixel rays); lane lines,
-dashes and paving joints are filtered analytically by the pixel's footprint on the ground.
+Edges are anti-aliased adaptively: pixels whose hit part differs from a neighbour's, or whose brightness
+jumps on an object, get three more rays on a triangle 0.3 px around the centre (rays interpolated from
+the neighbouring pixel rays) and the four are averaged; lane lines, dashes and paving joints are filtered
+analytically by the pixel's footprint on the ground instead.
 
 Performance: rays and per-tile view cones are cached per camera model; boxes are culled per 16x16 tile by
 cone/bounding-sphere tests, so each pixel only tests the few boxes that can cover it. The kernels are numba
@@ -113,7 +117,7 @@ _W_SEED = 29  # scene texture seed (windows lit, skin tones)
 _W_SIZE = 30
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class RoadView:
     """The road centreline near the ego at one instant, sampled every ``step`` metres of arclength,
     in the ego frame at that instant.
@@ -252,9 +256,8 @@ def render_objects(objects: SceneObjects, road: RoadView, t_s: float, camera: Ca
     lights = _lights(parts, weather)
 
     # Bounding spheres of the parts (and of their sun-shadow volumes) in the camera frame, for culling.
-    G = parts.geometry
-    centres = G[:, 0:3]
-    radii = np.sqrt((G[:, 3:6] ** 2).sum(axis=1))
+    centres = parts[:, 0:3]
+    radii = np.sqrt((parts[:, 3:6] ** 2).sum(axis=1))
     sun = wp[_W_SUN:_W_SUN + 3]
     shadow_len = centres[:, 2] / max(sun[2], 0.05)
     ground_pt = centres - sun[None, :] * shadow_len[:, None]
@@ -277,12 +280,10 @@ def render_objects(objects: SceneObjects, road: RoadView, t_s: float, camera: Ca
     hdr = np.empty((H, W, 3), dtype=np.float32)
     depth = np.empty((H, W), dtype=np.float32)
     object_index = np.empty((H, W), dtype=np.int32)
-    packed = np.ascontiguousarray(np.column_stack(
-        [G, parts.albedo, parts.material.astype(np.float64), parts.param, parts.owner.astype(np.float64)]))
     lists = np.concatenate([idx, sh_idx, li_idx])
     env = np.concatenate([wp, lights.ravel()])
     peak = _render(cache.rays, cache.pix_angle, R, origin, off, sh_off + len(idx),
-                   li_off + len(idx) + len(sh_idx), lists, packed, _road_table(road), road.s_start, road.step,
+                   li_off + len(idx) + len(sh_idx), lists, parts, _road_table(road), road.s_start, road.step,
                    env, _NOISE_TEX, _EXP_LUT, hdr, depth, object_index)
 
     # Bloom: light scattered in the lens around anything brighter than white.
@@ -527,15 +528,6 @@ def _weather_params(weather: str, t_s: float, road: RoadView) -> tuple[np.ndarra
 # ------------------------------------------------------------------------------------ object parts
 
 
-@dataclass(frozen=True, eq=False)
-class _Parts:
-    geometry: np.ndarray  # (P, 8) float64: centre x y z, half length/width/height, cos yaw, sin yaw
-    albedo: np.ndarray  # (P, 3) float64 linear base colour
-    material: np.ndarray  # (P,) int64 MAT_*
-    param: np.ndarray  # (P, 2) float64: texture seed, flag (emergency / lamp on)
-    owner: np.ndarray  # (P,) int32 object index
-
-
 _SKIN = _linear([[224, 172, 140], [198, 134, 96], [141, 85, 54], [236, 188, 160]]).tolist()
 _TROUSERS = _linear([[40, 42, 62], [28, 28, 30], [72, 72, 80], [62, 52, 40]]).tolist()
 _CARGO_WHITE = _linear([225, 225, 220]).tolist()
@@ -546,9 +538,15 @@ _PED = CLASS_NAMES.index("pedestrian")
 _BIKE = CLASS_NAMES.index("bicycle")
 
 
-def _build_parts(objects: SceneObjects, road: RoadView, t_s: float) -> _Parts:
-    """Split every object box into the box parts that give its class its look (object-local layout)."""
-    rows: list[tuple] = []  # (owner, x, y, z_bottom, length, width, height, material, rgb, seed, flag)
+def _build_parts(objects: SceneObjects, road: RoadView, t_s: float) -> np.ndarray:
+    """Split every object box into the box parts that give its class its look.
+
+    Returns:
+        (P, _P_SIZE) float64 packed parts, ego frame: centre x y z [m], half length/width/height [m],
+        cos and sin of the yaw, linear albedo rgb, material, texture seed, flag (emergency livery /
+        lamp / hand), owning object index.
+    """
+    rows: list[tuple] = []
     boxes = objects.boxes.tolist()
     colors = _linear(objects.color).tolist()
     labels = objects.labels.tolist()
@@ -562,84 +560,74 @@ def _build_parts(objects: SceneObjects, road: RoadView, t_s: float) -> _Parts:
         base = colors[i]
         seed = float(tracks[i] * 7919 % 100003)
         siren = sirens[i] > 0
-        flag = 1.0 if siren else 0.0
-        parts: list[tuple] = []
+        c, s = math.cos(yaw), math.sin(yaw)
+        z_ground = z - Hh / 2
+
+        def add(px, py, pz, length, width, height, material, rgb, flag=0.0):
+            """One part: (px, py) object-local centre [m] (x forward), pz height of its bottom [m]."""
+            rows.append((x + c * px - s * py, y + s * px + c * py, z_ground + pz + height / 2, length / 2,
+                         width / 2, height / 2, c, s, rgb[0], rgb[1], rgb[2], material, seed, flag, i))
+
         if label == _CAR:
-            parts.append((0.0, 0.0, 0.0, L, Wd, 0.52 * Hh, MAT_BODY, base, seed, flag))
-            parts.append((-0.06 * L, 0.0, 0.52 * Hh, 0.5 * L, 0.86 * Wd, 0.48 * Hh, MAT_CABIN, base, seed, 0.0))
+            add(0.0, 0.0, 0.0, L, Wd, 0.52 * Hh, MAT_BODY, base, float(siren))
+            add(-0.06 * L, 0.0, 0.52 * Hh, 0.5 * L, 0.86 * Wd, 0.48 * Hh, MAT_CABIN, base)
             if siren:
-                parts.append((-0.06 * L, 0.0, Hh, 0.28, 0.8 * Wd, 0.11, MAT_LIGHTBAR, base, seed, 0.0))
+                add(-0.06 * L, 0.0, Hh, 0.28, 0.8 * Wd, 0.11, MAT_LIGHTBAR, base)
         elif label == _TRUCK:
             cab = min(2.3, 0.35 * L)
-            parts.append((L / 2 - cab / 2, 0.0, 0.0, cab, Wd, 0.78 * Hh, MAT_TRUCK_CAB, base, seed, flag))
             cargo = L - cab - 0.15
-            cargo_rgb = base if siren else [c * (0.7 + 0.3 * (seed % 7) / 6) for c in _CARGO_WHITE]
-            parts.append((-L / 2 + cargo / 2, 0.0, 0.0, cargo, Wd, Hh, MAT_CARGO, cargo_rgb, seed, flag))
+            cargo_rgb = base if siren else [v * (0.7 + 0.3 * (seed % 7) / 6) for v in _CARGO_WHITE]
+            add(L / 2 - cab / 2, 0.0, 0.0, cab, Wd, 0.78 * Hh, MAT_TRUCK_CAB, base, float(siren))
+            add(-L / 2 + cargo / 2, 0.0, 0.0, cargo, Wd, Hh, MAT_CARGO, cargo_rgb, float(siren))
             if siren:
-                parts.append((L / 2 - cab / 2, 0.0, 0.78 * Hh, 0.3, 0.8 * Wd, 0.12, MAT_LIGHTBAR, base, seed, 0.0))
+                add(L / 2 - cab / 2, 0.0, 0.78 * Hh, 0.3, 0.8 * Wd, 0.12, MAT_LIGHTBAR, base)
         elif label == _PED:
-            speed = speeds[i]
-            swing = 0.16 * min(speed / 1.3, 1.0) * math.sin(2 * math.pi * 0.9 * t_s + seed)
+            # Legs and arms swing with the gait (0.9 strides per second when walking).
+            swing = 0.16 * min(speeds[i] / 1.3, 1.0) * math.sin(2 * math.pi * 0.9 * t_s + seed)
             skin = _SKIN[int(seed) % len(_SKIN)]
             trousers = _TROUSERS[int(seed) // 5 % len(_TROUSERS)]
-            leg_w = 0.16 * Wd / 0.6
-            parts.append((swing, 0.5 * leg_w, 0.0, 0.2 * L / 0.6, leg_w, 0.47 * Hh, MAT_TROUSERS, trousers, seed, 0.0))
-            parts.append((-swing, -0.5 * leg_w, 0.0, 0.2 * L / 0.6, leg_w, 0.47 * Hh, MAT_TROUSERS, trousers, seed, 0.0))
-            parts.append((0.0, 0.0, 0.47 * Hh, 0.26 * L / 0.6, 0.42 * Wd / 0.6, 0.35 * Hh, MAT_CLOTH, base, seed, 0.0))
-            arm_y = 0.21 * Wd / 0.6 + 0.05
+            depth, leg_w, arm_y = 0.33 * L, 0.27 * Wd, 0.35 * Wd + 0.05
+            add(swing, 0.5 * leg_w, 0.0, depth, leg_w, 0.47 * Hh, MAT_TROUSERS, trousers)
+            add(-swing, -0.5 * leg_w, 0.0, depth, leg_w, 0.47 * Hh, MAT_TROUSERS, trousers)
+            add(0.0, 0.0, 0.47 * Hh, 0.43 * L, 0.7 * Wd, 0.35 * Hh, MAT_CLOTH, base)
             for sgn in (1.0, -1.0):
-                parts.append((-sgn * swing * 0.6, sgn * arm_y, 0.45 * Hh, 0.1, 0.09, 0.36 * Hh, MAT_CLOTH, base, seed, 1.0))
-            parts.append((0.0, 0.0, 0.85 * Hh, 0.21, 0.17, 0.15 * Hh, MAT_SKIN, skin, seed, 0.0))
+                add(-sgn * swing * 0.6, sgn * arm_y, 0.45 * Hh, 0.1, 0.09, 0.36 * Hh, MAT_CLOTH, base, 1.0)
+            add(0.0, 0.0, 0.85 * Hh, 0.21, 0.17, 0.15 * Hh, MAT_SKIN, skin)
         elif label == _BIKE:
             wheel = min(0.7, 0.42 * Hh)
-            frame = _BIKE_FRAME
             for sgn in (1.0, -1.0):
-                parts.append((sgn * (L / 2 - wheel / 2), 0.0, 0.0, wheel, 0.05, wheel, MAT_TYRE, frame, seed, 0.0))
-            parts.append((0.0, 0.0, 0.42 * wheel + 0.05, L - 2 * wheel + 0.3, 0.06, 0.35 * wheel, MAT_FRAME, frame, seed, 0.0))
-            parts.append((-0.1, 0.0, 0.55 * Hh - 0.35, 0.3, 0.3, 0.35, MAT_TROUSERS, _TROUSERS[int(seed) % 4], seed, 0.0))
-            parts.append((-0.05, 0.0, 0.55 * Hh, 0.34, 0.4, 0.32 * Hh, MAT_CLOTH, base, seed, 0.0))
-            parts.append((0.08, 0.0, 0.87 * Hh, 0.21, 0.18, 0.13 * Hh, MAT_SKIN, _SKIN[int(seed) % 4], seed, 0.0))
+                add(sgn * (L / 2 - wheel / 2), 0.0, 0.0, wheel, 0.05, wheel, MAT_TYRE, _BIKE_FRAME)
+            add(0.0, 0.0, 0.42 * wheel + 0.05, L - 2 * wheel + 0.3, 0.06, 0.35 * wheel, MAT_FRAME, _BIKE_FRAME)
+            add(-0.1, 0.0, 0.55 * Hh - 0.35, 0.3, 0.3, 0.35, MAT_TROUSERS, _TROUSERS[int(seed) % 4])
+            add(-0.05, 0.0, 0.55 * Hh, 0.34, 0.4, 0.32 * Hh, MAT_CLOTH, base)
+            add(0.08, 0.0, 0.87 * Hh, 0.21, 0.18, 0.13 * Hh, MAT_SKIN, _SKIN[int(seed) % 4])
         elif label == LABEL_POLE:
-            parts.append((0.0, 0.0, 0.0, L, Wd, Hh, MAT_POLE, base, seed, 0.0))
-            # Lamp arm reaching over the road: toward the road centre (sign of -d of the pole).
+            add(0.0, 0.0, 0.0, L, Wd, Hh, MAT_POLE, base)
+            # Lamp arm reaching over the road: toward the road centre (the sign of -d of the pole).
             _, d_pole, _, _, ok, _ = _road_sd(x, y, table, road.s_start, road.step, -1.0)
             toward = -1.0 if (ok and d_pole > 0) else 1.0  # local +y is road-left when yaw = road heading
             arm = 1.8
-            parts.append((0.0, toward * arm / 2, Hh - 0.12, 0.12, arm, 0.1, MAT_POLE, base, seed, 0.0))
-            parts.append((0.0, toward * (arm + 0.2), Hh - 0.2, 0.35, 0.6, 0.16, MAT_LAMP, base, seed, 1.0))
+            add(0.0, toward * arm / 2, Hh - 0.12, 0.12, arm, 0.1, MAT_POLE, base)
+            add(0.0, toward * (arm + 0.2), Hh - 0.2, 0.35, 0.6, 0.16, MAT_LAMP, base, 1.0)
         elif label == LABEL_WALL:
-            parts.append((0.0, 0.0, 0.0, L, Wd, Hh, MAT_WALL, base, seed, 0.0))
+            add(0.0, 0.0, 0.0, L, Wd, Hh, MAT_WALL, base)
         elif label == LABEL_BUILDING:
-            parts.append((0.0, 0.0, 0.0, L, Wd, Hh, MAT_BUILDING, base, seed, 0.0))
+            add(0.0, 0.0, 0.0, L, Wd, Hh, MAT_BUILDING, base)
         else:  # unknown label: a plain box, still occludes correctly
-            parts.append((0.0, 0.0, 0.0, L, Wd, Hh, MAT_POLE, base, seed, 0.0))
-        c, s = math.cos(yaw), math.sin(yaw)
-        z_ground = z - Hh / 2
-        for px, py, pz, pl, pw, ph, mat, rgb, sd, fl in parts:
-            rows.append((i, x + c * px - s * py, y + s * px + c * py, z_ground + pz + ph / 2, pl / 2, pw / 2,
-                         ph / 2, c, s, mat, rgb[0], rgb[1], rgb[2], sd, fl))
+            add(0.0, 0.0, 0.0, L, Wd, Hh, MAT_POLE, base)
     if not rows:
-        return _Parts(np.zeros((0, 8)), np.zeros((0, 3)), np.zeros(0, dtype=np.int64), np.zeros((0, 2)),
-                      np.zeros(0, dtype=np.int32))
-    arr = np.array(rows, dtype=np.float64)
-    return _Parts(
-        geometry=np.ascontiguousarray(arr[:, 1:9]),
-        albedo=np.ascontiguousarray(arr[:, 10:13]),
-        material=arr[:, 9].astype(np.int64),
-        param=np.ascontiguousarray(arr[:, 13:15]),
-        owner=arr[:, 0].astype(np.int32),
-    )
+        return np.zeros((0, _P_SIZE))
+    return np.ascontiguousarray(np.array(rows, dtype=np.float64))
 
 
-def _lights(parts: _Parts, weather: str) -> np.ndarray:
+def _lights(parts: np.ndarray, weather: str) -> np.ndarray:
     """(NL, _L_SIZE) light sources lighting the scene at night: position (3) [m] ego frame, intensity
     rgb (3), spot direction (3) (zero: omnidirectional downward lamp), cos of inner and outer cone angle,
     range [m] (the inverse-square falloff is windowed to reach zero there, so lights can be culled)."""
     if weather != "night":
         return np.zeros((0, _L_SIZE))
     rows = []
-    lamp = parts.material == MAT_LAMP
-    for g in parts.geometry[lamp]:
+    for g in parts[parts[:, _P_MAT] == MAT_LAMP]:
         # A street lamp: a downward hemisphere source just below the lamp head.
         rows.append((g[0], g[1], g[2] - g[5] - 0.05, 9.0, 7.6, 5.4, 0.0, 0.0, -1.0, 0.0, -0.2, 35.0))
     # Ego low beams: two spots at the front bumper, aimed slightly down, cut off above the horizon.
@@ -955,7 +943,8 @@ def _material(mat, seed, flag, face, lx, ly, lz, hx, hy, hz, br, bg, bb, night, 
                         ar, ag, ab = 0.25, 0.25, 0.26  # rim
                     else:
                         ar, ag, ab = 0.015, 0.015, 0.015  # tyre
-            if flag > 0.5 and abs(zb - 0.6 * hz * 2 * (0.5 if mat != MAT_BODY else 0.75)) < 0.09:
+            stripe_z = (0.45 if mat == MAT_BODY else 0.3) * 2 * hz
+            if flag > 0.5 and abs(zb - stripe_z) < 0.09:
                 ar, ag, ab = 0.6, 0.02, 0.02  # emergency livery stripe
         if mat == MAT_TRUCK_CAB and zb > 0.55 * 2 * hz and (face == 0 or (side and lx > -0.2 * hx)):
             edge = min(hy - abs(ly), hz - abs(lz), hx - abs(lx)) if side else min(hy - abs(ly), hz - abs(lz))
@@ -1363,7 +1352,7 @@ def _gauss(word, shift):
     return ((acc + 2.0) * (1.0 / 32.0) - 2.0) * 1.7320508075688772
 
 
-@nb.njit(cache=True, nogil=True)
+@nb.njit(cache=True, nogil=True, fastmath=_FAST)
 def _finish(hdr, exposure, read, shot, key, lut, out):
     """Exposure, sensor noise (read + shot, linear), sRGB curve, 8-bit quantisation. The noise is a hash
     of (key, pixel index): the same key gives the same image."""

@@ -1,0 +1,159 @@
+"""End-to-end checks of the command line, as a user runs it."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SAMPLE = REPO / "recordings" / "sample_drive.mcap"
+
+
+def _perception(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "perception.cli", *args], capture_output=True, text=True,
+                          timeout=timeout, cwd=REPO)
+
+
+def _payloads(path: Path) -> list[tuple[str, int, bytes]]:
+    from mcap.reader import make_reader
+
+    with open(path, "rb") as f:
+        return [(ch.topic, m.log_time, m.data) for _, ch, m in make_reader(f).iter_messages()]
+
+
+@pytest.fixture(scope="module")
+def two_runs_same_seed(tmp_path_factory):
+    d = tmp_path_factory.mktemp("sim")
+    outs = []
+    for name, seed in (("a", 7), ("b", 7), ("c", 8)):
+        out = d / f"{name}.mcap"
+        r = _perception("simulate", "--out", str(out), "--duration", "1.2", "--seed", str(seed),
+                        "--weather", "rain", "--quiet")
+        assert r.returncode == 0, r.stderr
+        outs.append(out)
+    return outs
+
+
+def test_simulate_same_seed_gives_identical_payloads(two_runs_same_seed):
+    a, b, _ = two_runs_same_seed
+    pa, pb = _payloads(a), _payloads(b)
+    assert len(pa) > 100
+    assert pa == pb
+
+
+def test_simulate_different_seed_differs(two_runs_same_seed):
+    a, _, c = two_runs_same_seed
+    pa, pc = _payloads(a), _payloads(c)
+    lidar_a = [p for t, _, p in pa if t.endswith("/points")]
+    lidar_c = [p for t, _, p in pc if t.endswith("/points")]
+    assert lidar_a and lidar_c and lidar_a != lidar_c
+
+
+def test_simulated_recording_has_all_five_modalities_and_ground_truth(two_runs_same_seed):
+    from drivers.recording import RecordingReader
+
+    with RecordingReader(two_runs_same_seed[0]) as reader:
+        schemas = {c.schema_name for c in reader.channels()}
+        assert reader.rig is not None
+    for needed in ("sensor_msgs/msg/CompressedImage", "sensor_msgs/msg/PointCloud2", "radar_msgs/msg/RadarScan",
+                   "sensor_msgs/msg/Imu"):
+        assert needed in schemas
+    assert any("Audio" in s for s in schemas)
+    assert any("GroundTruth" in s for s in schemas)
+
+
+def test_info_prints_every_sensor_with_its_rate(two_runs_same_seed):
+    r = _perception("info", str(two_runs_same_seed[0]))
+    assert r.returncode == 0, r.stderr
+    for sensor in ("lidar_top", "cam_front", "cam_rear", "radar_front", "imu", "mic_array", "ground_truth"):
+        assert sensor in r.stdout
+    imu_line = next(line for line in r.stdout.splitlines() if line.startswith("imu "))
+    assert " 200.0" in imu_line or " 199." in imu_line or " 200." in imu_line
+
+
+def test_info_on_a_truncated_recording_reports_where_it_broke(two_runs_same_seed, tmp_path):
+    data = two_runs_same_seed[0].read_bytes()
+    cut = tmp_path / "cut.mcap"
+    cut.write_bytes(data[: len(data) * 2 // 3])
+    r = _perception("info", str(cut))
+    assert r.returncode == 1
+    assert "ERROR" in r.stdout and "lidar_top" in r.stdout
+
+
+def test_simulate_rejects_a_bad_weather_in_one_line(tmp_path):
+    r = _perception("simulate", "--out", str(tmp_path / "x.mcap"), "--weather", "snow")
+    assert r.returncode != 0
+    assert "invalid choice" in r.stderr
+
+
+def test_simulate_rejects_an_unknown_config_key(tmp_path):
+    cfg = tmp_path / "bad.yaml"
+    text = (REPO / "configs" / "sim_default.yaml").read_text() + "\nsnowflakes: 3\n"
+    cfg.write_text(text)
+    r = _perception("simulate", "--out", str(tmp_path / "x.mcap"), "--config", str(cfg))
+    assert r.returncode != 0
+    assert len(r.stderr.strip().splitlines()) == 1 and "snowflakes" in r.stderr
+    assert not (tmp_path / "x.mcap").exists()
+
+
+_FOREIGN_READER = r"""
+import sys
+from mcap.reader import make_reader
+from mcap_ros2.decoder import DecoderFactory
+path = sys.argv[1]
+counts = {}
+with open(path, "rb") as f:
+    reader = make_reader(f, decoder_factories=[DecoderFactory()])
+    names = [a.name for a in reader.iter_attachments()]
+    assert "rig.yaml" in names, names
+    for schema, channel, message, decoded in reader.iter_decoded_messages():
+        counts[schema.name] = counts.get(schema.name, 0) + 1
+from rosbags.highlevel import AnyReader
+from rosbags.typesys import Stores, get_typestore
+from pathlib import Path
+rb = {}
+with AnyReader([Path(path)], default_typestore=get_typestore(Stores.ROS2_HUMBLE)) as r:
+    for conn, t, raw in r.messages():
+        msg = r.deserialize(raw, conn.msgtype)
+        rb[conn.msgtype] = rb.get(conn.msgtype, 0) + 1
+ours = [m for m in sys.modules if m.split(".")[0] in ("perception", "drivers", "calibration")]
+assert not ours, ours
+print("MCAP", sorted(counts.items()))
+print("ROSBAGS", sorted(rb.items()))
+"""
+
+
+def test_sample_recording_opens_with_standard_readers_without_our_code():
+    if not SAMPLE.exists():
+        pytest.fail(f"the sample recording {SAMPLE} is missing")
+    r = subprocess.run([sys.executable, "-c", _FOREIGN_READER, str(SAMPLE)], capture_output=True, text=True,
+                       timeout=600, cwd="/")
+    assert r.returncode == 0, r.stderr[-2000:]
+    mcap_line = next(line for line in r.stdout.splitlines() if line.startswith("MCAP"))
+    rosbags_line = next(line for line in r.stdout.splitlines() if line.startswith("ROSBAGS"))
+    for t in ("sensor_msgs/msg/CompressedImage", "sensor_msgs/msg/PointCloud2", "sensor_msgs/msg/Imu",
+              "radar_msgs/msg/RadarScan"):
+        assert t in mcap_line and t in rosbags_line
+
+
+def test_calibrate_intrinsics_writes_the_rig_and_a_wrong_pattern_leaves_it_untouched(realdata, tmp_path):
+    from calibration.rig import Rig
+
+    boards = realdata / "opencv_chessboard"
+    rig_path = tmp_path / "rig.yaml"
+    rig_path.write_text((REPO / "configs" / "rig_sim.yaml").read_text())
+    before = rig_path.read_text()
+    bad = _perception("calibrate", "intrinsics", "--images", str(boards / "left*.jpg"), "--pattern", "7x5",
+                      "--square", "0.025", "--camera", "cam_front", "--rig", str(rig_path), "--quiet")
+    assert bad.returncode != 0 and "9x6" in bad.stderr
+    assert rig_path.read_text() == before
+    ok = _perception("calibrate", "intrinsics", "--images", str(boards / "left*.jpg"), "--pattern", "9x6",
+                     "--square", "0.025", "--camera", "cam_front", "--rig", str(rig_path), "--out",
+                     str(tmp_path / "pics"), "--quiet")
+    assert ok.returncode == 0, ok.stderr
+    cam = Rig.load(rig_path)["cam_front"].camera
+    assert cam.width == 640 and abs(cam.fx - 533.1) < 3.0
+    assert (tmp_path / "pics" / "cam_front_coverage.png").stat().st_size > 10_000
