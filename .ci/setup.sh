@@ -47,10 +47,14 @@ STAMP="$VENV/.perception-setup"
 WANT="$(sha256sum pyproject.toml | cut -c1-16) $TORCH_SPEC"
 if [ "$(cat "$STAMP" 2>/dev/null)" != "$WANT" ] || ! "$VPY" -c 'import torch, perception' >/dev/null 2>&1; then
   log "installing packages into $VENV (a minute or two on first run)"
-  "$VPY" -m pip install -q --disable-pip-version-check --upgrade pip 2>&1 | grep -v -i warning || true
-  "$VPY" -m pip install -q --disable-pip-version-check "$TORCH_SPEC" 2>&1 | grep -v -i warning || true
-  "$VPY" -m pip install -q --disable-pip-version-check -e ".[dev]" 2>&1 | grep -v -i warning || true
+  LOG="$VENV/setup.log"
+  : > "$LOG"
+  pipi() { "$VPY" -m pip install -q --disable-pip-version-check "$@" >>"$LOG" 2>&1 \
+             || { cat "$LOG" >&2; log "pip install $* failed (log: $LOG)"; exit 1; }; }
+  pipi --upgrade pip
+  pipi "$TORCH_SPEC"
+  pipi -e ".[dev]"
   "$VPY" -c 'import torch, open3d, cv2, numba, mcap, rosbags, perception' \
-    || { log "package installation failed (see messages above)"; exit 1; }
+    || { log "packages installed but do not import (log: $LOG)"; exit 1; }
   echo "$WANT" > "$STAMP"
 fi
