@@ -10,6 +10,12 @@
   (over-ground) radial velocity; :class:`RadarAccumulator` keeps recent scans.
 - :func:`camera_from_ego_at`: the transform from the ego frame at the frame instant into a camera at its
   exposure time, so LiDAR points projected into an image taken 30 ms earlier at 20 m/s stay aligned.
+
+Only the ego motion is removed: a moving object's points stay where the object was when each point was
+measured (its own motion needs its velocity, which comes later from tracking or radar). All times are
+integer nanoseconds on the one clock the :class:`~perception.egomotion.EgoMotion` was fed with; a sensor
+whose clock runs ``time_offset_ns`` ahead (rig calibration) is brought onto it by the caller, as the
+synchronizer does with its per-sensor offsets.
 """
 
 from __future__ import annotations
@@ -27,13 +33,20 @@ DESKEW_BINS = 64
 
 
 def _motion_samples(motion: EgoMotion, stamp_ns: int, offsets_s: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Rotations (K, 3, 3) and translations (K, 3) of ego@stamp_from_ego@(stamp + offset) for K offsets."""
+    """Rotations (K, 3, 3) and translations (K, 3) of ego@stamp_from_ego@(stamp + offset) for K offsets [s]."""
+    ego_from_odom = motion.pose_at(stamp_ns).odom_from_ego().inverse()  # once, not per offset
     Rs = np.empty((len(offsets_s), 3, 3))
     ts = np.empty((len(offsets_s), 3))
     for k, off in enumerate(offsets_s):
-        T = motion.ego_from_ego(stamp_ns, stamp_ns + int(round(off * 1e9)))
+        T = ego_from_odom @ motion.pose_at(stamp_ns + int(round(off * 1e9))).odom_from_ego()
         Rs[k], ts[k] = T.rotation, T.translation
     return Rs, ts
+
+
+def _check_mount(ego_from_sensor: Transform, sensor_id: str, what: str) -> None:
+    """ValueError unless ``ego_from_sensor`` maps the frame of ``sensor_id`` into 'ego'."""
+    if ego_from_sensor.dst != "ego" or ego_from_sensor.src != sensor_id:
+        raise ValueError(f"{what}: expected ego_from_{sensor_id} for sensor {sensor_id!r}, got {ego_from_sensor.name}")
 
 
 def deskew_sweep(sweep: LidarSweep, ego_from_lidar: Transform, motion: EgoMotion,
@@ -48,7 +61,11 @@ def deskew_sweep(sweep: LidarSweep, ego_from_lidar: Transform, motion: EgoMotion
             (rotation error O(dtheta^2) between bins: negligible at 64 bins for any car's yaw rate).
     Returns:
         (N, 4) float32: x y z [m] in the ego frame at the stamp, intensity.
+    Raises:
+        ValueError: ``ego_from_lidar`` is not ego_from_<sweep.sensor_id>, or ``motion`` does not cover the
+            sweep's time span.
     """
+    _check_mount(ego_from_lidar, sweep.sensor_id, "deskew_sweep")
     if len(sweep) == 0:
         return np.zeros((0, 4), np.float32)
     pts = ego_from_lidar.apply(sweep.points[:, :3].astype(np.float64))
@@ -78,7 +95,9 @@ def deskew_sweep(sweep: LidarSweep, ego_from_lidar: Transform, motion: EgoMotion
 
 
 def raw_sweep_in_ego(sweep: LidarSweep, ego_from_lidar: Transform) -> np.ndarray:
-    """The sweep in the ego frame WITHOUT deskew (every point as if measured at the stamp): (N, 4) float32."""
+    """The sweep in the ego frame WITHOUT deskew (every point as if measured at the stamp): (N, 4) float32
+    x y z [m], intensity. The reference that shows what :func:`deskew_sweep` removes."""
+    _check_mount(ego_from_lidar, sweep.sensor_id, "raw_sweep_in_ego")
     out = np.empty((len(sweep), 4), np.float32)
     out[:, :3] = ego_from_lidar.apply(sweep.points[:, :3].astype(np.float64))
     out[:, 3] = sweep.points[:, 3]
@@ -92,7 +111,7 @@ class _StoredSweep:
 
 
 class SweepAccumulator:
-    """Keeps the last ``n_sweeps`` deskewed sweeps and returns them in the ego frame of the newest.
+    """Keeps the last ``n_sweeps`` deskewed sweeps added and returns them in the ego frame of one instant.
 
     Args:
         n_sweeps: sweeps to accumulate, the current one included (nuScenes uses 10 at 20 Hz).
@@ -107,14 +126,24 @@ class SweepAccumulator:
         self._sweeps: deque[_StoredSweep] = deque(maxlen=n_sweeps)
 
     def add(self, stamp_ns: int, deskewed: np.ndarray) -> None:
-        """Store a deskewed sweep (N, 4) in the ego frame at stamp_ns."""
-        self._sweeps.append(_StoredSweep(stamp_ns, deskewed))
+        """Store a deskewed sweep: (N, 4) float32 x y z [m] in the ego frame at ``stamp_ns``, intensity (the
+        output of :func:`deskew_sweep`). The oldest sweep beyond ``n_sweeps`` is forgotten."""
+        if deskewed.ndim != 2 or deskewed.shape[1] != 4:
+            raise ValueError(f"SweepAccumulator.add: expected (N, 4) points, got shape {deskewed.shape}")
+        self._sweeps.append(_StoredSweep(int(stamp_ns), deskewed))
 
     def accumulate(self, stamp_ns: int, motion: EgoMotion) -> np.ndarray:
-        """(M, 5) float32: x y z [m] in the ego frame at ``stamp_ns``, intensity, time lag [s] (>= 0: how
-        long before ``stamp_ns`` the sweep was taken)."""
+        """The stored sweeps taken at or before ``stamp_ns`` and at most ``max_age_s`` earlier, oldest first.
+
+        Returns:
+            (M, 5) float32: x y z [m] in the ego frame at ``stamp_ns``, intensity, time lag [s] (>= 0: how
+            long before ``stamp_ns`` the sweep was taken). Static surfaces stack; a moving object leaves a
+            trail of its past positions, ``velocity * lag`` behind it.
+        Raises:
+            ValueError: ``motion`` does not cover a stored sweep's stamp.
+        """
         parts = []
-        for s in self._sweeps:
+        for s in sorted(self._sweeps, key=lambda s: s.stamp_ns):
             lag_ns = stamp_ns - s.stamp_ns
             if lag_ns < 0 or lag_ns > self.max_age_ns:
                 continue
@@ -156,8 +185,17 @@ def radar_to_instant(scan: RadarScan, ego_from_radar: Transform, motion: EgoMoti
 
     The measured radial velocity of a return in direction u (unit, from the radar) is
     (v_obj - v_radar) . u; adding v_radar . u (the radar's own velocity, ego speed plus yaw-rate lever arm)
-    leaves the over-ground radial velocity v_obj . u.
+    leaves the over-ground radial velocity v_obj . u: about 0 for the static world.
+
+    Args:
+        scan: one radar scan (sensor frame, measured at ``scan.stamp_ns``).
+        ego_from_radar: rig transform of this radar (ego_from_<scan.sensor_id>).
+        motion: ego motion covering ``scan.stamp_ns`` and ``stamp_ns``.
+        stamp_ns: the instant to move the returns to [ns] (earlier or later than the scan).
+    Returns:
+        :class:`RadarPoints` with N = len(scan) returns, in the scan's order.
     """
+    _check_mount(ego_from_radar, scan.sensor_id, "radar_to_instant")
     xyz_s = scan.xyz.astype(np.float64)
     rng = np.maximum(scan.range_m.astype(np.float64), 1e-6)
     u_ego = ego_from_radar.apply_vectors(xyz_s / rng[:, None])
@@ -175,23 +213,34 @@ def radar_to_instant(scan: RadarScan, ego_from_radar: Transform, motion: EgoMoti
 
 
 class RadarAccumulator:
-    """Recent radar scans (per radar), returned together at one instant.
+    """Recent radar scans (of one or more radars), returned together at one instant.
 
     Args:
-        max_age_s: scans older than this (relative to the query instant) are dropped.
+        max_age_s: scans older than this (relative to the query instant) are left out and forgotten.
     """
 
     def __init__(self, max_age_s: float = 0.3):
+        if max_age_s < 0:
+            raise ValueError(f"RadarAccumulator: max_age_s must be >= 0, got {max_age_s}")
         self.max_age_ns = int(max_age_s * 1e9)
-        self._scans: deque[tuple[RadarScan, Transform]] = deque()
+        self._scans: list[tuple[RadarScan, Transform]] = []
 
     def add(self, scan: RadarScan, ego_from_radar: Transform) -> None:
+        """Store a scan with its radar's rig transform (ego_from_<scan.sensor_id>). Scans may come in any
+        order (several radars interleave); those more than ``max_age_s`` older than the newest are forgotten,
+        so memory stays bounded even if :meth:`accumulate` is never called."""
+        _check_mount(ego_from_radar, scan.sensor_id, "RadarAccumulator.add")
         self._scans.append((scan, ego_from_radar))
+        newest = max(s.stamp_ns for s, _ in self._scans)
+        self._scans = [(s, T) for s, T in self._scans if newest - s.stamp_ns <= self.max_age_ns]
 
     def accumulate(self, stamp_ns: int, motion: EgoMotion) -> RadarPoints:
-        while self._scans and stamp_ns - self._scans[0][0].stamp_ns > self.max_age_ns:
-            self._scans.popleft()
-        parts = [radar_to_instant(s, T, motion, stamp_ns) for s, T in self._scans if s.stamp_ns <= stamp_ns]
+        """Every stored scan taken in [stamp_ns - max_age_s, stamp_ns], moved to ``stamp_ns`` with
+        :func:`radar_to_instant` and concatenated in stamp order; ``lag`` tells the scans apart. Scans older
+        than the window are forgotten; newer ones are kept for a later instant."""
+        self._scans = [(s, T) for s, T in self._scans if stamp_ns - s.stamp_ns <= self.max_age_ns]
+        use = sorted((p for p in self._scans if p[0].stamp_ns <= stamp_ns), key=lambda p: p[0].stamp_ns)
+        parts = [radar_to_instant(s, T, motion, stamp_ns) for s, T in use]
         if not parts:
             e = np.zeros(0, np.float32)
             return RadarPoints(np.zeros((0, 3), np.float32), e, e, e, e)
@@ -202,6 +251,18 @@ class RadarAccumulator:
 def camera_from_ego_at(ego_from_camera: Transform, motion: EgoMotion, frame_stamp_ns: int,
                        exposure_ns: int) -> Transform:
     """camera(at exposure)_from_ego(at frame stamp): use it to project points of the frame instant into an
-    image exposed at ``exposure_ns`` (earlier or later), so the projection stays aligned at speed."""
+    image exposed at ``exposure_ns`` (earlier or later), so the projection stays aligned at speed.
+
+    Args:
+        ego_from_camera: rig transform of the camera (optical frame).
+        motion: ego motion covering both instants (up to 0.2 s past its newest IMU sample is extrapolated).
+        frame_stamp_ns: the instant the points are expressed at (the frame stamp) [ns].
+        exposure_ns: the image's mid-exposure time on the same clock [ns].
+    Returns:
+        Transform ``<camera>_from_ego``: apply it to (N, 3) ego-frame points of the frame instant to get
+        them in the camera's optical frame at the exposure, ready for ``CameraModel.project``.
+    """
+    if ego_from_camera.dst != "ego":
+        raise ValueError(f"camera_from_ego_at: expected ego_from_<camera>, got {ego_from_camera.name}")
     ego_exp_from_ego_frame = motion.ego_from_ego(exposure_ns, frame_stamp_ns)
     return ego_from_camera.inverse() @ ego_exp_from_ego_frame
