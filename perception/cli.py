@@ -67,10 +67,17 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
 def _cmd_info(args: argparse.Namespace) -> int:
     from perception.info import recording_info
 
+    if args.sync and args.topics:
+        raise CliError("--sync works on our .mcap recordings; convert the bag first")
     if args.sync and not Path(args.sync_config).exists():
         raise CliError(f"sync config not found: {args.sync_config}")
 
-    report = recording_info(Path(args.recording))
+    if args.topics:
+        from perception.info import bag_info
+
+        report = bag_info(Path(args.recording), Path(args.topics))
+    else:
+        report = recording_info(Path(args.recording))
     print(report.format())
     errors = list(report.errors)
     if args.sync:
@@ -172,7 +179,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("info", help="summarise a recording: channels, counts, rates, gaps, clock jumps",
                        description="Read a recording without running perception and summarise every channel.")
-    p.add_argument("recording", help=".mcap recording")
+    p.add_argument("recording", help=".mcap recording (or, with --topics, a ROS 1 .bag / ROS 2 bag)")
+    p.add_argument("--topics", help="topic->sensor map YAML for reading a foreign ROS bag "
+                                    "(see configs/bag_topics_example.yaml)")
     p.add_argument("--sync", action="store_true",
                    help="also show how frames would be formed: complete vs partial, observed per-sensor offsets")
     p.add_argument("--sync-config", default=str(_default_config("sync_sim.yaml")),

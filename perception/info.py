@@ -107,6 +107,23 @@ class RecordingInfo:
         return "\n".join(lines)
 
 
+def bag_info(path: Path, topics_path: Path) -> RecordingInfo:
+    """Like :func:`recording_info` for a foreign ROS 1 / ROS 2 bag read through a topic->sensor map."""
+    from drivers.bags import BagTopicMap, open_bag
+
+    tmap = BagTopicMap.load(topics_path)
+    by_sensor = {t.sensor_id: t.topic for t in tmap.topics}
+    stamps: dict[str, list[int]] = {}
+    kinds: dict[str, str] = {}
+    for msg in open_bag(path, tmap):
+        stamps.setdefault(msg.sensor_id, []).append(msg.stamp_ns)
+        kinds[msg.sensor_id] = type(msg).__name__
+    rig = tmap.load_rig()
+    stats = [stamp_stats(sid, by_sensor.get(sid, "?"), kinds[sid], np.asarray(v)) for sid, v in sorted(stamps.items())]
+    size = sum(f.stat().st_size for f in path.rglob("*") if f.is_file()) if path.is_dir() else path.stat().st_size
+    return RecordingInfo(path, size, {}, rig.name if rig else None, rig.ids() if rig else [], stats)
+
+
 def recording_info(path: Path) -> RecordingInfo:
     """Read ``path`` (an .mcap recording) and compute :class:`RecordingInfo`.
 

@@ -340,3 +340,17 @@ def test_default_typestore_knows_radar_msgs():
 
     store = default_typestore()
     assert "radar_msgs/msg/RadarScan" in store.types and "sensor_msgs/msg/PointCloud2" in store.types
+
+
+def test_info_summarises_a_ros1_bag_through_a_topic_map(tmp_path, topic_map):
+    import subprocess
+    import sys
+
+    content = make_content(np.random.default_rng(21))
+    bag = write_bag(tmp_path / "drive.bag", "ros1", content)
+    r = subprocess.run([sys.executable, "-m", "perception.cli", "info", str(bag), "--topics",
+                        str(tmp_path / "topics.yaml")], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    imu_line = next(line for line in r.stdout.splitlines() if line.startswith("imu "))
+    assert f" {len(content['imu'])} " in imu_line and "ImuSample" in imu_line
+    assert "lidar_top" in r.stdout and "radar_front" in r.stdout
