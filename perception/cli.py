@@ -89,71 +89,6 @@ def _cmd_info(args: argparse.Namespace) -> int:
     return 0 if not errors else 1
 
 
-def _cmd_calibrate_intrinsics(args: argparse.Namespace) -> int:
-    from calibration.intrinsics import calibrate_intrinsics, expand_image_glob, parse_pattern, write_intrinsics_to_rig
-    from calibration.pictures import save_intrinsics_pictures
-
-    result = calibrate_intrinsics(expand_image_glob(args.images), parse_pattern(args.pattern), args.square,
-                                  args.model, progress=not args.quiet)
-    print(result.summary())
-    if args.out:
-        pics = save_intrinsics_pictures(result, args.out, args.camera)
-        print(f"pictures: {', '.join(str(p) for p in vars(pics).values())}")
-    if args.rig:
-        write_intrinsics_to_rig(args.rig, args.camera, result.camera, create_missing=args.create)
-        print(f"wrote intrinsics of '{args.camera}' into {args.rig}")
-    return 0
-
-
-def _cmd_calibrate_stereo(args: argparse.Namespace) -> int:
-    from calibration.intrinsics import expand_image_glob, parse_pattern
-    from calibration.stereo import calibrate_stereo, save_stereo_pictures, write_stereo_to_rig
-
-    result = calibrate_stereo(expand_image_glob(args.left), expand_image_glob(args.right), parse_pattern(args.pattern),
-                              args.square, left_id=args.left_camera, right_id=args.right_camera, model=args.model)
-    print(result.summary())
-    if args.out:
-        print(f"picture: {save_stereo_pictures(result, args.out)}")
-    if args.rig:
-        write_stereo_to_rig(args.rig, result, create_missing=args.create)
-        print(f"wrote '{args.right_camera}' extrinsic (and both intrinsics) into {args.rig}")
-    return 0
-
-
-def _add_calibrate(sub) -> None:
-    cal = sub.add_parser("calibrate", help="estimate intrinsics, extrinsics and time offsets into the rig YAML",
-                         description="Calibration procedures. Each reports its own error, draws pictures with "
-                                     "--out, and writes the rig only when it succeeded.")
-    csub = cal.add_subparsers(dest="procedure", metavar="PROCEDURE", required=True)
-
-    p = csub.add_parser("intrinsics", help="camera intrinsics from chessboard images",
-                        description="Camera intrinsics (pinhole k1 k2 p1 p2 k3, or fisheye) from chessboard images.")
-    p.add_argument("--images", required=True, help="quoted glob of the images, e.g. 'DIR/*.jpg'")
-    p.add_argument("--pattern", required=True, help="inner corners COLSxROWS, e.g. 9x6")
-    p.add_argument("--square", type=float, required=True, help="square size [m]")
-    p.add_argument("--model", choices=["pinhole", "fisheye"], default="pinhole")
-    p.add_argument("--camera", required=True, help="camera id in the rig")
-    p.add_argument("--rig", help="rig YAML to update (left out: only report)")
-    p.add_argument("--create", action="store_true", help="add the camera to the rig if it is not there")
-    p.add_argument("--out", help="folder for the coverage and undistortion pictures")
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
-    p.set_defaults(func=_cmd_calibrate_intrinsics)
-
-    p = csub.add_parser("stereo", help="camera-camera extrinsic from chessboard image pairs",
-                        description="Stereo extrinsic (right_from_left) from chessboard pairs matched by number.")
-    p.add_argument("--left", required=True, help="quoted glob of the left images")
-    p.add_argument("--right", required=True, help="quoted glob of the right images")
-    p.add_argument("--pattern", required=True, help="inner corners COLSxROWS, e.g. 9x6")
-    p.add_argument("--square", type=float, required=True, help="square size [m]")
-    p.add_argument("--model", choices=["pinhole", "fisheye"], default="pinhole")
-    p.add_argument("--left-camera", default="cam_left", help="rig id of the left camera")
-    p.add_argument("--right-camera", default="cam_right", help="rig id of the right camera")
-    p.add_argument("--rig", help="rig YAML to update (left out: only report)")
-    p.add_argument("--create", action="store_true", help="add missing cameras to the rig")
-    p.add_argument("--out", help="folder for the rectification picture")
-    p.set_defaults(func=_cmd_calibrate_stereo)
-
-
 def build_parser() -> argparse.ArgumentParser:
     """The full argument parser (also used by tests to check every subcommand has --help)."""
     parser = argparse.ArgumentParser(
@@ -188,7 +123,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="sync config YAML for --sync (default: configs/sync_sim.yaml)")
     p.set_defaults(func=_cmd_info)
 
-    _add_calibrate(sub)
+    from perception.cli_calibrate import add_calibrate
+
+    add_calibrate(sub)
     return parser
 
 
@@ -211,7 +148,8 @@ def main(argv: list[str] | None = None) -> int:
             raise
         msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         known = type(e).__name__ in {"CliError", "ConfigError", "RigError", "RecordingError", "CalibrationError",
-                                     "FileNotFoundError", "BagError"}
+                                     "FileNotFoundError", "BagError", "CalibrateCliError",
+                                     "OverlayError"}
         prefix = "" if known else f"{type(e).__name__}: "
         print(f"perception {args.command}: error: {prefix}{msg}", file=sys.stderr)
         return EXIT_ERROR

@@ -157,3 +157,25 @@ def test_calibrate_intrinsics_writes_the_rig_and_a_wrong_pattern_leaves_it_untou
     cam = Rig.load(rig_path)["cam_front"].camera
     assert cam.width == 640 and abs(cam.fx - 533.1) < 3.0
     assert (tmp_path / "pics" / "cam_front_coverage.png").stat().st_size > 10_000
+
+
+def test_calibrate_overlay_on_kitti_passes_the_true_rig_and_fails_a_1deg_error(realdata, tmp_path):
+    kitti = str(realdata / "kitti_object_vis" / "training")
+    good = _perception("calibrate", "overlay", "--kitti", kitti, "--out", str(tmp_path / "good"), "--check")
+    assert good.returncode == 0, good.stdout + good.stderr
+    assert "PASS" in good.stdout and len(list((tmp_path / "good").glob("kitti_*.png"))) == 3
+    bad = _perception("calibrate", "overlay", "--kitti", kitti, "--out", str(tmp_path / "bad"), "--check",
+                      "--perturb", "0,0,0,0,1,0")
+    assert bad.returncode == 1 and "FAIL" in bad.stdout
+
+
+def test_calibrate_overlay_draws_recording_frames_with_ground_truth(tmp_path):
+    r = _perception("calibrate", "overlay", str(SAMPLE), "--camera", "cam_rear", "--every", "50", "--out",
+                    str(tmp_path))
+    assert r.returncode == 0, r.stderr
+    pics = sorted(tmp_path.glob("cam_rear_*.png"))
+    assert len(pics) == 2
+    import cv2
+
+    picture = cv2.imread(str(pics[0]))
+    assert picture.shape[1] == 640 and picture.shape[0] > 360  # image plus title and depth legend

@@ -1,0 +1,248 @@
+"""``perception calibrate ...``: the calibration procedures of ``calibration/`` on the command line.
+
+Every procedure prints its own error measure, draws pictures with ``--out`` and writes the rig only when it
+succeeded (and only when ``--rig`` is given).
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import numpy as np
+
+
+class CalibrateCliError(Exception):
+    """A user-facing error of a calibrate subcommand (printed as one line)."""
+
+
+# ---------------------------------------------------------------------------------------------- chessboards
+def cmd_intrinsics(args: argparse.Namespace) -> int:
+    from calibration.intrinsics import calibrate_intrinsics, expand_image_glob, parse_pattern, write_intrinsics_to_rig
+    from calibration.pictures import save_intrinsics_pictures
+
+    result = calibrate_intrinsics(expand_image_glob(args.images), parse_pattern(args.pattern), args.square,
+                                  args.model, progress=not args.quiet)
+    print(result.summary())
+    if args.out:
+        pics = save_intrinsics_pictures(result, args.out, args.camera)
+        print(f"pictures: {', '.join(str(p) for p in vars(pics).values())}")
+    if args.rig:
+        write_intrinsics_to_rig(args.rig, args.camera, result.camera, create_missing=args.create)
+        print(f"wrote intrinsics of '{args.camera}' into {args.rig}")
+    return 0
+
+
+def cmd_stereo(args: argparse.Namespace) -> int:
+    from calibration.intrinsics import expand_image_glob, parse_pattern
+    from calibration.stereo import calibrate_stereo, save_stereo_pictures, write_stereo_to_rig
+
+    result = calibrate_stereo(expand_image_glob(args.left), expand_image_glob(args.right), parse_pattern(args.pattern),
+                              args.square, left_id=args.left_camera, right_id=args.right_camera, model=args.model)
+    print(result.summary())
+    if args.out:
+        print(f"picture: {save_stereo_pictures(result, args.out)}")
+    if args.rig:
+        write_stereo_to_rig(args.rig, result, create_missing=args.create)
+        print(f"wrote '{args.right_camera}' extrinsic (and both intrinsics) into {args.rig}")
+    return 0
+
+
+# ---------------------------------------------------------------------------------------------- overlays
+def _recording_frames(path: Path, camera_id: str, lidar_id: str | None, every: int, limit: int):
+    """(rig, lidar_id, frames, motion) from one of our recordings: frames are (sweep, nearest camera image,
+    ground truth or None); motion is the EgoMotion of the whole drive (IMU + wheel speed), or None when the
+    recording has no IMU."""
+    from drivers.messages import CameraImage, GroundTruthBoxes, ImuSample, LidarSweep, VehicleSpeed
+    from drivers.recording import RecordingReader
+    from perception.egomotion import EgoMotion
+
+    with RecordingReader(path) as reader:
+        rig = reader.rig
+        if rig is None:
+            raise CalibrateCliError(f"{path} carries no rig.yaml attachment; pass --rig")
+        if camera_id not in rig or rig[camera_id].kind != "camera":
+            raise CalibrateCliError(f"{path}: no camera '{camera_id}' (cameras: {', '.join(rig.ids('camera'))})")
+        lidar_id = lidar_id or (rig.ids("lidar") or [None])[0]
+        if lidar_id is None:
+            raise CalibrateCliError(f"{path}: the rig has no LiDAR")
+        on_file = {c.sensor_id for c in reader.channels()}
+        motion_ids = [s for s in rig.ids("imu")[:1] + rig.ids("vehicle_speed")[:1] if s in on_file]
+        wanted = [camera_id, lidar_id] + (["ground_truth"] if "ground_truth" in on_file else []) + motion_ids
+        imu_ids = [s for s in motion_ids if rig[s].kind == "imu"]
+        motion = EgoMotion(rig.ego_from(imu_ids[0]), history_s=1e6) if imu_ids else None
+        sweeps, images, truth = [], [], {}
+        for msg in reader.messages(sensors=wanted):
+            if isinstance(msg, ImuSample) and motion is not None:
+                motion.add_imu(msg)
+            elif isinstance(msg, VehicleSpeed) and motion is not None:
+                motion.add_speed(msg)
+            elif isinstance(msg, LidarSweep):
+                sweeps.append(msg)
+            elif isinstance(msg, CameraImage):
+                images.append(msg)
+            elif isinstance(msg, GroundTruthBoxes):
+                truth[msg.stamp_ns] = msg
+    if not sweeps or not images:
+        raise CalibrateCliError(f"{path}: needs both '{lidar_id}' sweeps and '{camera_id}' images")
+    stamps = np.array([im.stamp_ns for im in images])
+    frames = []
+    for sweep in sweeps[::every][:limit]:
+        image = images[int(np.argmin(np.abs(stamps - sweep.stamp_ns)))]
+        frames.append((sweep, image, truth.get(sweep.stamp_ns)))
+    return rig, lidar_id, frames, motion
+
+
+def cmd_overlay(args: argparse.Namespace) -> int:
+    from calibration.overlay import (check_extrinsic, draw_lidar_overlay, overlay_title,
+                                     prepare_edge_frame, rings_from_scan_order, write_png)
+
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    edge_frames = []
+    if args.kitti:
+        from calibration.importers import read_kitti_calib, read_kitti_labels, rig_from_kitti_calib
+
+        root = Path(args.kitti)
+        names = args.frame or sorted(p.stem for p in (root / "velodyne").glob("*.bin"))
+        if not names:
+            raise CalibrateCliError(f"no KITTI frames under {root}/velodyne")
+        for name in names:
+            image_bgr = _read_image(root / "image_2" / f"{name}.png")
+            image = image_bgr[:, :, ::-1].copy()
+            rig = rig_from_kitti_calib(root / "calib" / f"{name}.txt", image.shape[1], image.shape[0])
+            if args.rig_override:
+                rig = _override_camera_pose(rig, "cam2", args.rig_override)
+            labels_path = root / "label_2" / f"{name}.txt"
+            labels = (read_kitti_labels(labels_path, read_kitti_calib(root / "calib" / f"{name}.txt").rect_from_lidar)
+                      if labels_path.exists() else None)
+            points = np.fromfile(root / "velodyne" / f"{name}.bin", np.float32).reshape(-1, 4)
+            camera = rig["cam2"].camera
+            picture = draw_lidar_overlay(image, camera, points, rig.transform("cam2", "lidar"),
+                                         overlay_title("cam2", None, f"KITTI {name}"),
+                                         labels.boxes if labels else None,
+                                         rig.transform("cam2", "lidar") if labels else None,
+                                         list(labels.class_names) if labels else None)
+            print(f"wrote {write_png(out / f'kitti_{name}.png', picture)}")
+            edge_frames.append((prepare_edge_frame(image, camera, points, rings_from_scan_order(points)),
+                                rig.transform("cam2", "lidar")))
+    else:
+        if not args.recording:
+            raise CalibrateCliError("give a recording, or --kitti DIR")
+        from perception.align import camera_from_ego_at, deskew_sweep
+
+        rig_override = None
+        rig, lidar_id, frames, motion = _recording_frames(Path(args.recording), args.camera, args.lidar, args.every,
+                                                          args.max_frames)
+        if args.rig:
+            from calibration.rig import Rig
+
+            rig = Rig.load(args.rig)
+        if args.rig_override:
+            rig = _override_camera_pose(rig, args.camera, args.rig_override)
+            rig_override = args.rig_override
+        camera = rig[args.camera].camera
+        for sweep, image, truth in frames:
+            labels = [truth.class_names[i] for i in truth.labels] if truth is not None else None
+            note = f"{lidar_id} sweep {sweep.seq}" + (" (perturbed rig)" if rig_override else "")
+            if motion is not None:
+                # Points of the sweep's instant, seen from the camera where it was at its exposure: the
+                # picture and the check then judge the extrinsic, not the ego motion between the two stamps.
+                points = deskew_sweep(sweep, rig.ego_from(lidar_id), motion)
+                cam_from_points = camera_from_ego_at(rig.ego_from(args.camera), motion, sweep.stamp_ns,
+                                                     image.stamp_ns)
+                note += ", deskewed, motion-compensated"
+            else:
+                points, cam_from_points = sweep.points, rig.transform(args.camera, lidar_id)
+            picture = draw_lidar_overlay(image.image, camera, points, cam_from_points,
+                                         overlay_title(args.camera, image.stamp_ns, note),
+                                         truth.boxes if truth is not None else None,
+                                         cam_from_points if (truth is not None and motion is not None)
+                                         else (rig.transform(args.camera, "ego") if truth is not None else None),
+                                         labels)
+            print(f"wrote {write_png(out / f'{args.camera}_{sweep.seq:05d}.png', picture)}")
+            edge_frames.append((prepare_edge_frame(image.image, camera, points, sweep.ring), cam_from_points))
+    if args.check:
+        verdict = check_extrinsic(edge_frames)
+        print(verdict.report())
+        return 0 if verdict.passed else 1
+    return 0
+
+
+def _read_image(path: Path) -> np.ndarray:
+    import cv2
+
+    image = cv2.imread(str(path), cv2.IMREAD_COLOR)
+    if image is None:
+        raise CalibrateCliError(f"cannot read image {path}")
+    return image
+
+
+def _override_camera_pose(rig, camera_id: str, spec: str):
+    """The rig with ``camera_id`` moved by 'dx,dy,dz,droll,dpitch,dyaw' (m, deg) in its own frame; used to
+    see what a wrong extrinsic looks like (and that --check catches it)."""
+    import dataclasses
+
+    from calibration.transform import Transform
+
+    try:
+        dx, dy, dz, rr, rp, ry = (float(v) for v in spec.split(","))
+    except ValueError as e:
+        raise CalibrateCliError(f"--perturb expects 'dx,dy,dz,droll,dpitch,dyaw' (m, deg), got {spec!r}") from e
+    sensor = rig[camera_id]
+    step = Transform.from_rpy(camera_id, camera_id, *np.radians([rr, rp, ry]), [dx, dy, dz])
+    return rig.replace_sensor(dataclasses.replace(sensor, ego_from_sensor=sensor.ego_from_sensor @ step))
+
+
+def add_calibrate(sub) -> None:
+    """Add ``calibrate`` and its procedures to the top-level subparsers."""
+    cal = sub.add_parser("calibrate", help="estimate intrinsics, extrinsics and time offsets into the rig YAML",
+                         description="Calibration procedures. Each reports its own error, draws pictures with "
+                                     "--out, and writes the rig only when it succeeded.")
+    csub = cal.add_subparsers(dest="procedure", metavar="PROCEDURE", required=True)
+
+    p = csub.add_parser("intrinsics", help="camera intrinsics from chessboard images",
+                        description="Camera intrinsics (pinhole k1 k2 p1 p2 k3, or fisheye) from chessboard images.")
+    p.add_argument("--images", required=True, help="quoted glob of the images, e.g. 'DIR/*.jpg'")
+    p.add_argument("--pattern", required=True, help="inner corners COLSxROWS, e.g. 9x6")
+    p.add_argument("--square", type=float, required=True, help="square size [m]")
+    p.add_argument("--model", choices=["pinhole", "fisheye"], default="pinhole")
+    p.add_argument("--camera", required=True, help="camera id in the rig")
+    p.add_argument("--rig", help="rig YAML to update (left out: only report)")
+    p.add_argument("--create", action="store_true", help="add the camera to the rig if it is not there")
+    p.add_argument("--out", help="folder for the coverage and undistortion pictures")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_intrinsics)
+
+    p = csub.add_parser("stereo", help="camera-camera extrinsic from chessboard image pairs",
+                        description="Stereo extrinsic (right_from_left) from chessboard pairs matched by number.")
+    p.add_argument("--left", required=True, help="quoted glob of the left images")
+    p.add_argument("--right", required=True, help="quoted glob of the right images")
+    p.add_argument("--pattern", required=True, help="inner corners COLSxROWS, e.g. 9x6")
+    p.add_argument("--square", type=float, required=True, help="square size [m]")
+    p.add_argument("--model", choices=["pinhole", "fisheye"], default="pinhole")
+    p.add_argument("--left-camera", default="cam_left", help="rig id of the left camera")
+    p.add_argument("--right-camera", default="cam_right", help="rig id of the right camera")
+    p.add_argument("--rig", help="rig YAML to update (left out: only report)")
+    p.add_argument("--create", action="store_true", help="add missing cameras to the rig")
+    p.add_argument("--out", help="folder for the rectification picture")
+    p.set_defaults(func=cmd_stereo)
+
+    p = csub.add_parser("overlay", help="validation pictures: LiDAR points by depth and boxes on camera images",
+                        description="Draw LiDAR points coloured by depth (and ground-truth or label boxes) on camera "
+                                    "images of a recording, or of KITTI frames; --check scores the extrinsic "
+                                    "against image edges (no ground truth needed).")
+    p.add_argument("recording", nargs="?", help=".mcap recording (left out with --kitti)")
+    p.add_argument("--camera", default="cam_front", help="camera id (recordings)")
+    p.add_argument("--lidar", help="LiDAR id (default: the rig's first)")
+    p.add_argument("--rig", help="rig YAML to use instead of the recording's")
+    p.add_argument("--every", type=int, default=10, help="use every N-th sweep (default 10)")
+    p.add_argument("--max-frames", type=int, default=10, help="at most this many pictures (default 10)")
+    p.add_argument("--kitti", help="KITTI object folder with calib/, image_2/, velodyne/ (label_2/ optional)")
+    p.add_argument("--frame", action="append", help="KITTI frame name, e.g. 000000 (repeatable; default all)")
+    p.add_argument("--perturb", dest="rig_override", metavar="DX,DY,DZ,DROLL,DPITCH,DYAW",
+                   help="move the camera by this much (m, deg, camera frame) to see a wrong extrinsic")
+    p.add_argument("--check", action="store_true",
+                   help="score the extrinsic against 12 nearby ones on image edges; exit 1 when one scores better")
+    p.add_argument("--out", required=True, help="folder for the PNG pictures")
+    p.set_defaults(func=cmd_overlay)
