@@ -54,6 +54,8 @@ if [ "$(cat "$STAMP" 2>/dev/null)" != "$WANT" ] || ! "$VPY" -c 'import torch, pe
   pipi --upgrade pip
   pipi "$TORCH_SPEC"
   pipi -e ".[dev]"
+  # The nuScenes devkit cross-checks our detection metrics; it pins numpy<2, so no dependencies.
+  pipi --no-deps "nuscenes-devkit==1.2.0"
   "$VPY" -c 'import torch, open3d, cv2, numba, mcap, rosbags, perception' \
     || { log "packages installed but do not import (log: $LOG)"; exit 1; }
   echo "$WANT" > "$STAMP"
