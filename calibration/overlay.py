@@ -44,6 +44,7 @@ from calibration.camera import CameraModel
 from calibration.importers import box_corners
 from calibration.rig import EGO_FRAME, Rig
 from calibration.transform import Transform
+from calibration.pictures import write_png  # noqa: F401  (re-exported: overlays are saved with it)
 
 _FONT = cv2.FONT_HERSHEY_SIMPLEX
 NEAR_PLANE_M = 0.1
@@ -374,16 +375,6 @@ def mosaic(tiles: Sequence[np.ndarray], columns: int = 3, tile_width: Optional[i
         r, c = divmod(k, columns)
         out[r * th:r * th + t.shape[0], c * width:(c + 1) * width] = t
     return out
-
-
-def write_png(path: str | Path, picture: np.ndarray) -> Path:
-    """Write a BGR uint8 picture as PNG (parent folders created). Raises OSError naming the path when
-    OpenCV cannot write it. Returns the path."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    if not cv2.imwrite(str(path), picture):
-        raise OSError(f"could not write PNG {path}")
-    return path
 
 
 # ---------------------------------------------------------------------------------------------- edge score
