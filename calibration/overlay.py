@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import zlib
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Optional, Sequence
 
 import cv2
