@@ -19,6 +19,10 @@ class CliError(Exception):
 
 
 def _cmd_simulate(args: argparse.Namespace) -> int:
+    if args.scenario == "boards":
+        from perception.cli_calibrate import simulate_board_session
+
+        return simulate_board_session(Path(args.out), args.seed if args.seed is not None else 0, args.poses)
     from tqdm import tqdm
 
     from calibration.yamlconf import load_yaml_file
@@ -110,6 +114,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--compression-level", type=int, default=1,
                    help="zstd level of the recording's chunks, 1 (fast) .. 19 (small); default 1")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--scenario", choices=["drive", "boards"], default="drive",
+                   help="drive (default), or boards: a parked car shown a chessboard at several poses, for "
+                        "'perception calibrate lidar-camera'; its rig.yaml holds a wrong camera extrinsic")
+    p.add_argument("--poses", type=int, default=10, help="board poses for --scenario boards (default 10)")
     p.set_defaults(func=_cmd_simulate)
 
     p = sub.add_parser("info", help="summarise a recording: channels, counts, rates, gaps, clock jumps",

@@ -169,6 +169,78 @@ def cmd_overlay(args: argparse.Namespace) -> int:
     return 0
 
 
+# ---------------------------------------------------------------------------------------------- LiDAR-camera
+def simulate_board_session(out: Path, seed: int, n_poses: int) -> int:
+    """Write a recording of a simulated chessboard session (one camera image and one LiDAR sweep per pose,
+    1 s apart). The attached rig is the TRUE rig with the camera moved by 10 cm and 2 deg, as a rig looks
+    before calibration; the true camera extrinsic is kept in the metadata (``true_ego_from_camera``)."""
+    import dataclasses
+
+    from calibration.transform import Transform
+    from drivers.messages import CameraImage, LidarSweep
+    from drivers.recording import RecordingWriter
+    from drivers.sim_calib import lidar_camera_scenario
+
+    scenario = lidar_camera_scenario(n_poses=n_poses, seed=seed)
+    rig = scenario.rig
+    cam = rig[scenario.camera_id]
+    error = Transform.from_rpy(cam.sensor_id, cam.sensor_id, *np.radians([1.0, -1.5, 1.0]), [0.06, -0.05, 0.06])
+    believed = rig.replace_sensor(dataclasses.replace(cam, ego_from_sensor=cam.ego_from_sensor @ error))
+    truth = cam.ego_from_sensor
+    t = cam.ego_from_sensor.translation
+    metadata = {"scenario": "boards", "seed": str(seed), "target": repr(scenario.target),
+                "true_ego_from_camera": " ".join(f"{v:.9f}" for v in [*truth.translation, *truth.rotation_wxyz])}
+    out.parent.mkdir(parents=True, exist_ok=True)
+    t0 = 1_700_000_000_000_000_000
+    with RecordingWriter(out, believed, metadata=metadata, jpeg_quality=None) as writer:
+        for k, shot in enumerate(scenario.shots):
+            stamp = t0 + k * 1_000_000_000
+            n = len(shot.lidar_points)
+            writer.write(LidarSweep(scenario.lidar_id, stamp, k, shot.lidar_points, np.zeros(n, np.float32),
+                                    np.zeros(n, np.uint16)))
+            writer.write(CameraImage(scenario.camera_id, stamp, k, shot.image))
+    print(f"wrote {out}: {n_poses} board poses, camera '{scenario.camera_id}' off by 10 cm / 2 deg in its rig "
+          f"(truth in metadata), target {scenario.target}; translation was {np.round(t, 3).tolist()}")
+    return 0
+
+
+def cmd_lidar_camera(args: argparse.Namespace) -> int:
+    from calibration.lidar_camera import ChessboardTarget, calibrate_lidar_camera, rig_with_lidar_camera
+    from calibration.rig import Rig
+    from drivers.messages import CameraImage, LidarSweep
+    from drivers.recording import RecordingReader
+
+    with RecordingReader(args.recording) as reader:
+        rig = Rig.load(args.rig) if args.rig and Path(args.rig).exists() else reader.rig
+        if rig is None:
+            raise CalibrateCliError(f"{args.recording} carries no rig.yaml attachment; pass --rig")
+        sweeps, images = [], []
+        for msg in reader.messages(sensors=[args.camera, args.lidar]):
+            (sweeps if isinstance(msg, LidarSweep) else images).append(msg)
+    if not sweeps or not images:
+        raise CalibrateCliError(f"{args.recording}: needs '{args.lidar}' sweeps and '{args.camera}' images")
+    stamps = np.array([im.stamp_ns for im in images])
+    pairs = []
+    for sw in sweeps:  # the car is parked: pair each sweep with the image nearest in time (within 50 ms)
+        i = int(np.argmin(np.abs(stamps - sw.stamp_ns)))
+        if abs(int(stamps[i]) - sw.stamp_ns) <= 50_000_000:
+            pairs.append((images[i].image, sw.points))
+    cols, rows = (int(v) for v in args.pattern.lower().split("x"))
+    target = ChessboardTarget(cols=cols, rows=rows, square_m=args.square, border_m=args.border)
+    result = calibrate_lidar_camera([p[0] for p in pairs], [p[1] for p in pairs], rig[args.camera].camera, target,
+                                    rig.transform(args.camera, args.lidar))
+    print(result.summary())
+    new_rig = rig_with_lidar_camera(rig, result, keep="lidar")
+    moved = new_rig.ego_from(args.camera).inverse() @ rig.ego_from(args.camera)
+    angle = np.degrees(np.arccos(np.clip((np.trace(moved.rotation) - 1) / 2, -1, 1)))
+    print(f"camera '{args.camera}' moves {np.linalg.norm(moved.translation) * 100:.1f} cm and {angle:.2f} deg "
+          f"against the rig it started from")
+    if args.rig:
+        new_rig.save(args.rig)
+        print(f"wrote {args.rig}")
+    return 0
+
+
 def _read_image(path: Path) -> np.ndarray:
     import cv2
 
@@ -246,3 +318,17 @@ def add_calibrate(sub) -> None:
                    help="score the extrinsic against 12 nearby ones on image edges; exit 1 when one scores better")
     p.add_argument("--out", required=True, help="folder for the PNG pictures")
     p.set_defaults(func=cmd_overlay)
+
+    p = csub.add_parser("lidar-camera", help="LiDAR-camera extrinsic from a chessboard shown at several poses",
+                        description="Target-based LiDAR-camera extrinsic: board pose from each image (PnP), board "
+                                    "plane from each LiDAR sweep (RANSAC), one joint solve over all poses. The "
+                                    "rig's extrinsic is the starting guess (within ~0.5 m and a few degrees).")
+    p.add_argument("recording", help=".mcap recording of the parked car and the board (see simulate --scenario boards)")
+    p.add_argument("--camera", default="cam_front")
+    p.add_argument("--lidar", default="lidar_top")
+    p.add_argument("--pattern", default="7x5", help="inner corners COLSxROWS (default 7x5)")
+    p.add_argument("--square", type=float, default=0.12, help="square size [m] (default 0.12)")
+    p.add_argument("--border", type=float, default=0.08, help="white border around the squares [m] (default 0.08)")
+    p.add_argument("--rig", help="rig YAML: read as the starting guess if it exists (else the recording's), and "
+                                 "written with the result")
+    p.set_defaults(func=cmd_lidar_camera)

@@ -179,3 +179,28 @@ def test_calibrate_overlay_draws_recording_frames_with_ground_truth(tmp_path):
 
     picture = cv2.imread(str(pics[0]))
     assert picture.shape[1] == 640 and picture.shape[0] > 360  # image plus title and depth legend
+
+
+def test_calibrate_lidar_camera_recovers_the_simulated_truth_and_writes_the_rig(tmp_path):
+    import numpy as np
+
+    from calibration.rig import Rig
+    from calibration.transform import Transform
+    from drivers.recording import RecordingReader
+
+    rec = tmp_path / "boards.mcap"
+    r = _perception("simulate", "--scenario", "boards", "--out", str(rec), "--seed", "4", "--poses", "8")
+    assert r.returncode == 0, r.stderr
+    with RecordingReader(rec) as reader:
+        values = [float(v) for v in reader.metadata["true_ego_from_camera"].split()]
+        believed = reader.rig
+    truth = Transform.from_quaternion_wxyz("ego", "cam_front", values[3:], values[:3])
+    rig_path = tmp_path / "rig.yaml"
+    r = _perception("calibrate", "lidar-camera", str(rec), "--rig", str(rig_path))
+    assert r.returncode == 0, r.stderr
+    found = Rig.load(rig_path).ego_from("cam_front")
+    err = truth.inverse() @ found
+    angle = np.degrees(np.arccos(np.clip((np.trace(err.rotation) - 1) / 2, -1, 1)))
+    assert np.linalg.norm(err.translation) < 0.02 and angle < 0.2
+    start = truth.inverse() @ believed.ego_from("cam_front")
+    assert np.linalg.norm(start.translation) > 0.05  # it really started from a wrong rig
