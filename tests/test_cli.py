@@ -204,3 +204,16 @@ def test_calibrate_lidar_camera_recovers_the_simulated_truth_and_writes_the_rig(
     assert np.linalg.norm(err.translation) < 0.02 and angle < 0.2
     start = truth.inverse() @ believed.ego_from("cam_front")
     assert np.linalg.norm(start.translation) > 0.05  # it really started from a wrong rig
+
+
+def test_calibrate_time_offset_on_the_sample_is_consistent_with_zero_and_rejects_a_radar(tmp_path):
+    import re
+
+    r = _perception("calibrate", "time-offset", str(SAMPLE), "--sensor", "lidar_top")
+    assert r.returncode == 0, r.stderr
+    m = re.search(r"offset ([-+0-9.]+) ms \+- ([0-9.]+) ms", r.stdout)
+    assert m, r.stdout
+    offset, sigma = float(m.group(1)), float(m.group(2))
+    assert abs(offset) <= 3 * sigma  # the sample's clocks have no offset
+    bad = _perception("calibrate", "time-offset", str(SAMPLE), "--sensor", "radar_front")
+    assert bad.returncode != 0 and "camera or LiDAR" in bad.stderr
