@@ -276,6 +276,62 @@ def cmd_time_offset(args: argparse.Namespace) -> int:
     return 0
 
 
+# ---------------------------------------------------------------------------------------------- registration
+def _paired(recording: str, rig_arg: str | None, a: str, b: str, max_dt_ns: int):
+    """(rig, [(message of a, message of b nearest in time)]) from a recording."""
+    from calibration.rig import Rig
+    from drivers.recording import RecordingReader
+
+    with RecordingReader(recording) as reader:
+        rig = Rig.load(rig_arg) if rig_arg and Path(rig_arg).exists() else reader.rig
+        if rig is None:
+            raise CalibrateCliError(f"{recording} carries no rig.yaml attachment; pass --rig")
+        for sid in (a, b):
+            if sid not in rig:
+                raise CalibrateCliError(f"rig '{rig.name}' has no sensor '{sid}' (has: {', '.join(rig.ids())})")
+        msgs = list(reader.messages(sensors=[a, b]))
+    first = [m for m in msgs if m.sensor_id == a]
+    second = [m for m in msgs if m.sensor_id == b]
+    if not first or not second:
+        raise CalibrateCliError(f"{recording}: needs messages of both '{a}' and '{b}'")
+    stamps = np.array([m.stamp_ns for m in second])
+    pairs = []
+    for m in first:
+        i = int(np.argmin(np.abs(stamps - m.stamp_ns)))
+        if abs(int(stamps[i]) - m.stamp_ns) <= max_dt_ns:
+            pairs.append((m, second[i]))
+    if not pairs:
+        raise CalibrateCliError(f"{recording}: no '{a}' and '{b}' messages within {max_dt_ns / 1e6:.0f} ms of each other")
+    return rig, pairs
+
+
+def cmd_lidar_lidar(args: argparse.Namespace) -> int:
+    from calibration.registration import calibrate_lidar_pair
+
+    rig, pairs = _paired(args.recording, args.rig, args.reference, args.other, 20_000_000)
+    result = calibrate_lidar_pair(rig, args.reference, args.other, [(a.points, b.points) for a, b in pairs[:args.frames]],
+                                  use_rig_guess=not args.no_guess)
+    print(result.registration.report())
+    print(f"'{args.other}' moves {result.change_translation_m * 100:.1f} cm and {result.change_rotation_deg:.2f} deg "
+          "against the rig it started from")
+    if args.rig:
+        result.rig.save(args.rig)
+        print(f"wrote {args.rig}")
+    return 0
+
+
+def cmd_lidar_radar(args: argparse.Namespace) -> int:
+    from calibration.registration import calibrate_radar
+
+    rig, pairs = _paired(args.recording, args.rig, args.radar, args.lidar, 60_000_000)
+    result = calibrate_radar(rig, args.lidar, args.radar, [(sweep.points, scan) for scan, sweep in pairs])
+    print(result.result.report())
+    if args.rig:
+        result.rig.save(args.rig)
+        print(f"wrote {args.rig}")
+    return 0
+
+
 def _read_image(path: Path) -> np.ndarray:
     import cv2
 
@@ -377,3 +433,23 @@ def add_calibrate(sub) -> None:
     p.add_argument("--imu", help="IMU id (default: the rig's first)")
     p.add_argument("--rig", help="rig YAML: read if it exists (else the recording's), written with the offset")
     p.set_defaults(func=cmd_time_offset)
+
+    p = csub.add_parser("lidar-lidar", help="LiDAR-LiDAR extrinsic by registration (open3d ICP)",
+                        description="Mounting of one LiDAR relative to another from simultaneous sweeps "
+                                    "(point-to-plane ICP over several frames; global registration with --no-guess).")
+    p.add_argument("recording", help=".mcap recording with both LiDARs")
+    p.add_argument("--reference", required=True, help="LiDAR whose mounting is trusted")
+    p.add_argument("--other", required=True, help="LiDAR to calibrate")
+    p.add_argument("--frames", type=int, default=5, help="sweep pairs to stack (default 5)")
+    p.add_argument("--no-guess", action="store_true", help="ignore the rig's extrinsic; start from global registration")
+    p.add_argument("--rig", help="rig YAML: read if it exists (else the recording's), written with the result")
+    p.set_defaults(func=cmd_lidar_lidar)
+
+    p = csub.add_parser("lidar-radar", help="LiDAR-radar extrinsic (x, y, yaw) from corner reflectors",
+                        description="Radar mounting in the plane from corner reflectors seen by both sensors in a "
+                                    "static scene; z, roll and pitch stay as in the rig.")
+    p.add_argument("recording", help=".mcap recording of a static scene with corner reflectors")
+    p.add_argument("--lidar", default="lidar_top")
+    p.add_argument("--radar", default="radar_front")
+    p.add_argument("--rig", help="rig YAML: read if it exists (else the recording's), written with the result")
+    p.set_defaults(func=cmd_lidar_radar)

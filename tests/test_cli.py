@@ -217,3 +217,33 @@ def test_calibrate_time_offset_on_the_sample_is_consistent_with_zero_and_rejects
     assert abs(offset) <= 3 * sigma  # the sample's clocks have no offset
     bad = _perception("calibrate", "time-offset", str(SAMPLE), "--sensor", "radar_front")
     assert bad.returncode != 0 and "camera or LiDAR" in bad.stderr
+
+
+def test_calibrate_lidar_lidar_recovers_a_corner_lidar_from_a_wrong_rig(tmp_path):
+    import dataclasses
+
+    import numpy as np
+
+    from calibration.rig import Rig, Sensor
+    from calibration.transform import Transform
+    from drivers.recording import RecordingWriter
+    from drivers.sim import SimConfig, SimulatedRig, default_rig
+
+    truth = Transform.from_rpy("ego", "lidar_corner", *np.radians([1.0, 6.0, 40.0]), [3.6, 0.85, 0.75])
+    rig = default_rig(1).replace_sensor(Sensor("lidar_corner", "lidar", truth, rate_hz=10.0))
+    cfg = dataclasses.replace(SimConfig(), seed=5, duration_s=0.6, max_speed=0.5, traffic_density=0.5,
+                              lidar_columns=900, n_cameras=1)
+    wrong = truth @ Transform.from_rpy("lidar_corner", "lidar_corner", 0.02, -0.03, 0.04, [0.1, -0.1, 0.05])
+    believed = rig.replace_sensor(Sensor("lidar_corner", "lidar", wrong, rate_hz=10.0))
+    rec = tmp_path / "two_lidars.mcap"
+    with RecordingWriter(rec, believed) as writer:
+        for msg in SimulatedRig(cfg, rig).messages():
+            if msg.sensor_id in ("lidar_top", "lidar_corner"):
+                writer.write(msg)
+    rig_path = tmp_path / "rig.yaml"
+    r = _perception("calibrate", "lidar-lidar", str(rec), "--reference", "lidar_top", "--other", "lidar_corner",
+                    "--rig", str(rig_path))
+    assert r.returncode == 0, r.stderr
+    err = truth.inverse() @ Rig.load(rig_path).ego_from("lidar_corner")
+    angle = np.degrees(np.arccos(np.clip((np.trace(err.rotation) - 1) / 2, -1, 1)))
+    assert np.linalg.norm(err.translation) < 0.02 and angle < 0.1
