@@ -206,35 +206,18 @@ def simulate_board_session(out: Path, seed: int, n_poses: int) -> int:
 
 def cmd_lidar_camera(args: argparse.Namespace) -> int:
     from calibration.lidar_camera import ChessboardTarget, calibrate_lidar_camera, rig_with_lidar_camera
-    from calibration.rig import Rig
-    from drivers.messages import CameraImage, LidarSweep
-    from drivers.recording import RecordingReader
+    from calibration.registration import transform_error
 
-    with RecordingReader(args.recording) as reader:
-        rig = Rig.load(args.rig) if args.rig and Path(args.rig).exists() else reader.rig
-        if rig is None:
-            raise CalibrateCliError(f"{args.recording} carries no rig.yaml attachment; pass --rig")
-        sweeps, images = [], []
-        for msg in reader.messages(sensors=[args.camera, args.lidar]):
-            (sweeps if isinstance(msg, LidarSweep) else images).append(msg)
-    if not sweeps or not images:
-        raise CalibrateCliError(f"{args.recording}: needs '{args.lidar}' sweeps and '{args.camera}' images")
-    stamps = np.array([im.stamp_ns for im in images])
-    pairs = []
-    for sw in sweeps:  # the car is parked: pair each sweep with the image nearest in time (within 50 ms)
-        i = int(np.argmin(np.abs(stamps - sw.stamp_ns)))
-        if abs(int(stamps[i]) - sw.stamp_ns) <= 50_000_000:
-            pairs.append((images[i].image, sw.points))
+    # The car is parked: each sweep goes with the image nearest in time (within 50 ms).
+    rig, pairs = _paired(args.recording, args.rig, args.lidar, args.camera, 50_000_000)
     cols, rows = (int(v) for v in args.pattern.lower().split("x"))
     target = ChessboardTarget(cols=cols, rows=rows, square_m=args.square, border_m=args.border)
-    result = calibrate_lidar_camera([p[0] for p in pairs], [p[1] for p in pairs], rig[args.camera].camera, target,
-                                    rig.transform(args.camera, args.lidar))
+    result = calibrate_lidar_camera([image.image for _, image in pairs], [sweep.points for sweep, _ in pairs],
+                                    rig[args.camera].camera, target, rig.transform(args.camera, args.lidar))
     print(result.summary())
     new_rig = rig_with_lidar_camera(rig, result, keep="lidar")
-    moved = new_rig.ego_from(args.camera).inverse() @ rig.ego_from(args.camera)
-    angle = np.degrees(np.arccos(np.clip((np.trace(moved.rotation) - 1) / 2, -1, 1)))
-    print(f"camera '{args.camera}' moves {np.linalg.norm(moved.translation) * 100:.1f} cm and {angle:.2f} deg "
-          f"against the rig it started from")
+    dt, dr = transform_error(new_rig.ego_from(args.camera), rig.ego_from(args.camera))
+    print(f"camera '{args.camera}' moves {dt * 100:.1f} cm and {dr:.2f} deg against the rig it started from")
     if args.rig:
         new_rig.save(args.rig)
         print(f"wrote {args.rig}")
@@ -243,15 +226,12 @@ def cmd_lidar_camera(args: argparse.Namespace) -> int:
 
 # ---------------------------------------------------------------------------------------------- time offsets
 def cmd_time_offset(args: argparse.Namespace) -> int:
-    from calibration.rig import Rig
     from calibration.time_offset import (camera_imu_time_offset, lidar_imu_time_offset, rig_with_time_offset)
     from drivers.messages import CameraImage, ImuSample, LidarSweep
     from drivers.recording import RecordingReader
 
     with RecordingReader(args.recording) as reader:
-        rig = Rig.load(args.rig) if args.rig and Path(args.rig).exists() else reader.rig
-        if rig is None:
-            raise CalibrateCliError(f"{args.recording} carries no rig.yaml attachment; pass --rig")
+        rig = _starting_rig(reader, args.rig)
         if args.sensor not in rig or rig[args.sensor].kind not in ("camera", "lidar"):
             raise CalibrateCliError(f"--sensor must be a camera or LiDAR of the rig (cameras: "
                                     f"{', '.join(rig.ids('camera'))}; LiDARs: {', '.join(rig.ids('lidar'))})")
@@ -277,15 +257,22 @@ def cmd_time_offset(args: argparse.Namespace) -> int:
 
 
 # ---------------------------------------------------------------------------------------------- registration
+def _starting_rig(reader, rig_arg: str | None):
+    """The rig a procedure starts from: the --rig file when it exists, else the recording's attachment."""
+    from calibration.rig import Rig
+
+    rig = Rig.load(rig_arg) if rig_arg and Path(rig_arg).exists() else reader.rig
+    if rig is None:
+        raise CalibrateCliError(f"{reader.path} carries no rig.yaml attachment; pass --rig")
+    return rig
+
+
 def _paired(recording: str, rig_arg: str | None, a: str, b: str, max_dt_ns: int):
     """(rig, [(message of a, message of b nearest in time)]) from a recording."""
-    from calibration.rig import Rig
     from drivers.recording import RecordingReader
 
     with RecordingReader(recording) as reader:
-        rig = Rig.load(rig_arg) if rig_arg and Path(rig_arg).exists() else reader.rig
-        if rig is None:
-            raise CalibrateCliError(f"{recording} carries no rig.yaml attachment; pass --rig")
+        rig = _starting_rig(reader, rig_arg)
         for sid in (a, b):
             if sid not in rig:
                 raise CalibrateCliError(f"rig '{rig.name}' has no sensor '{sid}' (has: {', '.join(rig.ids())})")
