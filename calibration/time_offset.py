@@ -501,6 +501,13 @@ def camera_angular_rates(stamps_ns: Sequence[int], images: Sequence[np.ndarray],
     return IntervalRates(st[:-1].copy(), st[1:].copy(), omega, support)
 
 
+def _require_sensors(rig: Rig, *wanted: tuple[str, str]) -> None:
+    """Raise TimeOffsetError unless every (sensor id, kind) pair is a sensor of that kind in the rig."""
+    for sid, kind in wanted:
+        if sid not in rig or rig[sid].kind != kind:
+            raise TimeOffsetError(f"rig '{rig.name}' has no {kind} '{sid}' (has: {', '.join(rig.ids(kind)) or 'none'})")
+
+
 def camera_imu_time_offset(rig: Rig, camera_id: str, imu_id: str, stamps_ns: Sequence[int],
                            images: Sequence[np.ndarray], gyro_stamps_ns: np.ndarray, gyro: np.ndarray,
                            max_offset_ns: int = 200_000_000) -> TimeOffsetResult:
@@ -519,9 +526,7 @@ def camera_imu_time_offset(rig: Rig, camera_id: str, imu_id: str, stamps_ns: Seq
     Raises:
         TimeOffsetError: see :func:`camera_angular_rates` and :func:`offset_from_rates`; unknown sensors.
     """
-    for sid, kind in ((camera_id, "camera"), (imu_id, "imu")):
-        if sid not in rig or rig[sid].kind != kind:
-            raise TimeOffsetError(f"rig '{rig.name}' has no {kind} '{sid}' (has: {', '.join(rig.ids(kind)) or 'none'})")
+    _require_sensors(rig, (camera_id, "camera"), (imu_id, "imu"))
     camera = rig[camera_id].camera
     if len(images):
         h, w = np.asarray(images[0]).shape[:2]
@@ -650,9 +655,7 @@ def lidar_imu_time_offset(rig: Rig, lidar_id: str, imu_id: str, stamps_ns: Seque
     Raises:
         TimeOffsetError: see :func:`lidar_angular_rates` and :func:`offset_from_rates`; unknown sensors.
     """
-    for sid, kind in ((lidar_id, "lidar"), (imu_id, "imu")):
-        if sid not in rig or rig[sid].kind != kind:
-            raise TimeOffsetError(f"rig '{rig.name}' has no {kind} '{sid}' (has: {', '.join(rig.ids(kind)) or 'none'})")
+    _require_sensors(rig, (lidar_id, "lidar"), (imu_id, "imu"))
     T = rig.ego_from(lidar_id)
     level = T.rotation[2, 2] > 0.99
     ground_z = -float(T.translation[2]) + 0.5 if level and T.translation[2] > 0.5 else None
