@@ -205,12 +205,13 @@ def simulate_board_session(out: Path, seed: int, n_poses: int) -> int:
 
 
 def cmd_lidar_camera(args: argparse.Namespace) -> int:
+    from calibration.intrinsics import parse_pattern
     from calibration.lidar_camera import ChessboardTarget, calibrate_lidar_camera, rig_with_lidar_camera
     from calibration.registration import transform_error
 
     # The car is parked: each sweep goes with the image nearest in time (within 50 ms).
     rig, pairs = _paired(args.recording, args.rig, args.lidar, args.camera, 50_000_000)
-    cols, rows = (int(v) for v in args.pattern.lower().split("x"))
+    cols, rows = parse_pattern(args.pattern)
     target = ChessboardTarget(cols=cols, rows=rows, square_m=args.square, border_m=args.border)
     result = calibrate_lidar_camera([image.image for _, image in pairs], [sweep.points for sweep, _ in pairs],
                                     rig[args.camera].camera, target, rig.transform(args.camera, args.lidar))

@@ -198,10 +198,10 @@ def test_calibrate_lidar_camera_recovers_the_simulated_truth_and_writes_the_rig(
     rig_path = tmp_path / "rig.yaml"
     r = _perception("calibrate", "lidar-camera", str(rec), "--rig", str(rig_path))
     assert r.returncode == 0, r.stderr
-    found = Rig.load(rig_path).ego_from("cam_front")
-    err = truth.inverse() @ found
-    angle = np.degrees(np.arccos(np.clip((np.trace(err.rotation) - 1) / 2, -1, 1)))
-    assert np.linalg.norm(err.translation) < 0.02 and angle < 0.2
+    from calibration.registration import transform_error
+
+    dt, dr = transform_error(Rig.load(rig_path).ego_from("cam_front"), truth)
+    assert dt < 0.02 and dr < 0.2
     start = truth.inverse() @ believed.ego_from("cam_front")
     assert np.linalg.norm(start.translation) > 0.05  # it really started from a wrong rig
 
@@ -244,6 +244,7 @@ def test_calibrate_lidar_lidar_recovers_a_corner_lidar_from_a_wrong_rig(tmp_path
     r = _perception("calibrate", "lidar-lidar", str(rec), "--reference", "lidar_top", "--other", "lidar_corner",
                     "--rig", str(rig_path))
     assert r.returncode == 0, r.stderr
-    err = truth.inverse() @ Rig.load(rig_path).ego_from("lidar_corner")
-    angle = np.degrees(np.arccos(np.clip((np.trace(err.rotation) - 1) / 2, -1, 1)))
-    assert np.linalg.norm(err.translation) < 0.02 and angle < 0.1
+    from calibration.registration import transform_error
+
+    dt, dr = transform_error(Rig.load(rig_path).ego_from("lidar_corner"), truth)
+    assert dt < 0.02 and dr < 0.1
