@@ -93,6 +93,22 @@ def _cmd_info(args: argparse.Namespace) -> int:
     return 0 if not errors else 1
 
 
+def _cmd_train(args: argparse.Namespace) -> int:
+    config = Path(args.config)
+    if not config.exists():
+        raise FileNotFoundError(f"no such config: {config}")
+    if config.name.startswith("train_siren"):
+        from perception.train_siren import main_train_siren
+
+        path = main_train_siren(config, Path(args.out))
+    else:
+        from perception.train import TrainConfig, train
+
+        path = train(TrainConfig.load(config), Path(args.out), progress=not args.quiet)
+    print(f"wrote {path}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The full argument parser (also used by tests to check every subcommand has --help)."""
     parser = argparse.ArgumentParser(
@@ -131,6 +147,29 @@ def build_parser() -> argparse.ArgumentParser:
                    help="sync config YAML for --sync (default: configs/sync_sim.yaml)")
     p.set_defaults(func=_cmd_info)
 
+    p = sub.add_parser("train", help="train the detection networks (or the siren detector) on simulated drives",
+                       description="Train on simulated drives in every weather: seeded, resumable (rerun the same "
+                                   "command to continue from OUT/last.pt), with periodic validation mAP. "
+                                   "configs/train_fusion.yaml is the shipped fused model, train_lidar_only / "
+                                   "train_camera_only / train_camera_radar the baselines, train_siren.yaml the "
+                                   "siren detector.")
+    p.add_argument("--config", required=True, help="training config YAML (configs/train_*.yaml)")
+    p.add_argument("--out", required=True, help="run folder: checkpoints, history.json, model.pt")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=_cmd_train)
+
+    from perception.cli_replay import add_replay_parsers
+
+    add_replay_parsers(sub)
+
+    from perception.cli_export import add_export_parser
+
+    add_export_parser(sub)
+
+    from perception.cli_eval import add_eval_parser
+
+    add_eval_parser(sub)
+
     from perception.cli_calibrate import add_calibrate
 
     add_calibrate(sub)
@@ -157,7 +196,7 @@ def main(argv: list[str] | None = None) -> int:
         msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         known = type(e).__name__ in {"CliError", "ConfigError", "RigError", "RecordingError", "CalibrationError",
                                      "FileNotFoundError", "BagError", "CalibrateCliError",
-                                     "OverlayError"}
+                                     "OverlayError", "EvalCliError", "ReplayError", "BackendUnavailable", "ExportError"}
         prefix = "" if known else f"{type(e).__name__}: "
         print(f"perception {args.command}: error: {prefix}{msg}", file=sys.stderr)
         return EXIT_ERROR

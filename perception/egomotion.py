@@ -53,6 +53,23 @@ def _quat_to_matrix(q: np.ndarray) -> np.ndarray:
     ])
 
 
+def _rotvec_to_matrix_batch(rv: np.ndarray) -> np.ndarray:
+    """(K, 3) rotation vectors [rad] -> (K, 3, 3) rotation matrices (the same rotation as _quat_exp)."""
+    q = np.empty((len(rv), 4))
+    angle = np.linalg.norm(rv, axis=1)
+    small = angle < 1e-12
+    safe = np.where(small, 1.0, angle)
+    q[:, 0] = np.where(small, 1.0, np.cos(angle / 2))
+    q[:, 1:] = np.where(small[:, None], 0.5 * rv, np.sin(angle / 2)[:, None] * rv / safe[:, None])
+    q /= np.linalg.norm(q, axis=1, keepdims=True)
+    w, x, y, z = q.T
+    return np.stack([
+        np.stack([1 - 2 * (y * y + z * z), 2 * (x * y - w * z), 2 * (x * z + w * y)], axis=1),
+        np.stack([2 * (x * y + w * z), 1 - 2 * (x * x + z * z), 2 * (y * z - w * x)], axis=1),
+        np.stack([2 * (x * z - w * y), 2 * (y * z + w * x), 1 - 2 * (x * x + y * y)], axis=1),
+    ], axis=1)
+
+
 @dataclass(frozen=True)
 class EgoPose:
     """Pose of the ego frame at ``stamp_ns`` in the odometry frame (the ego frame at the first IMU sample).
@@ -194,6 +211,46 @@ class EgoMotion:
         R = a.rotation @ _quat_to_matrix(_quat_exp(b.angular_velocity * dt))
         p = a.translation * (1 - w) + b.translation * w
         return EgoPose(t_ns, R, p, a.speed * (1 - w) + b.speed * w, b.angular_velocity)
+
+    def poses_at(self, t_ns: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Vectorised :meth:`pose_at` for many instants (same interpolation and extrapolation rules).
+
+        Args:
+            t_ns: (K,) int64 instants [ns].
+        Returns:
+            (K, 3, 3) odom_from_ego rotations and (K, 3) translations [m].
+        Raises:
+            ValueError: an instant outside the kept history (as :meth:`pose_at`).
+        """
+        t = np.asarray(t_ns, dtype=np.int64)
+        if not self._poses:
+            raise ValueError("no IMU data yet")
+        first, last = self._poses[0], self._poses[-1]
+        if len(t) and (t.min() < first.stamp_ns or t.max() > last.stamp_ns + 200_000_000):
+            raise ValueError(f"t in [{t.min()}, {t.max()}] outside pose history [{first.stamp_ns}, {last.stamp_ns}]")
+        stamps = np.fromiter((p.stamp_ns for p in self._poses), dtype=np.int64, count=len(self._poses))
+        i = np.clip(np.searchsorted(stamps, t, side="right") - 1, 0, len(stamps) - 1)
+        j = np.minimum(i + 1, len(stamps) - 1)
+        beyond = t >= last.stamp_ns
+        a_R = np.stack([self._poses[k].rotation for k in i])
+        a_p = np.stack([self._poses[k].translation for k in i])
+        b_p = np.stack([self._poses[k].translation for k in j])
+        w_b = np.stack([self._poses[k].angular_velocity for k in j])
+        dt = (t - stamps[i]) * 1e-9
+        span = (stamps[j] - stamps[i]).astype(np.float64)
+        w = np.where(span > 0, (t - stamps[i]) / np.where(span > 0, span, 1.0), 0.0)
+        omega = np.where(beyond[:, None], np.stack([last.angular_velocity] * len(t)) if len(t) else w_b, w_b)
+        R = a_R @ _rotvec_to_matrix_batch(omega * dt[:, None])
+        p = a_p * (1 - w[:, None]) + b_p * w[:, None]
+        if beyond.any():
+            fwd = np.zeros((int(beyond.sum()), 3))
+            fwd[:, 0] = last.speed * dt[beyond]
+            p[beyond] = last.translation + fwd @ last.rotation.T
+        same = (span == 0) & ~beyond
+        if same.any():
+            R[same] = a_R[same]
+            p[same] = a_p[same]
+        return R, p
 
     def ego_from_ego(self, t_dst_ns: int, t_src_ns: int) -> Transform:
         """Transform that moves points expressed in the ego frame at t_src into the ego frame at t_dst."""

@@ -41,13 +41,19 @@ def _config_loaders():
     from calibration.yamlconf import load_yaml_file
     from drivers.bags import BagTopicMap
     from drivers.sim import SimConfig
+    from perception.pipeline import PipelineConfig
     from perception.sync import SyncConfig
+    from perception.train import TrainConfig
+    from perception.train_siren import load_siren_train_config
 
     return {
         "rig_": Rig.load,
         "sim_": lambda p: load_yaml_file(SimConfig, p),
         "bag_topics": BagTopicMap.load,
         "sync_": SyncConfig.load,
+        "train_siren": load_siren_train_config,
+        "train_": TrainConfig.load,
+        "pipeline_": PipelineConfig.load,
     }
 
 

@@ -1,6 +1,7 @@
 """Evaluation: results files in and out, and the nuScenes detection metrics on them.
 
-``perception eval`` reads two results files and calls :func:`evaluate_files`; nothing here imports
+``perception eval`` reads run folders (detections.jsonl + ground_truth.jsonl each) and evaluates them
+together with :func:`evaluate_many`, frames keyed by (run, stamp); nothing here imports
 model code (or torch), so evaluation runs on any machine that has the files.
 """
 
@@ -15,6 +16,7 @@ from perception.evaluation.metrics import (
     TpErrors,
     evaluate,
     evaluate_files,
+    evaluate_many,
 )
 from perception.evaluation.results import (
     FrameBoxes,
@@ -42,6 +44,7 @@ __all__ = [
     "TpErrors",
     "evaluate",
     "evaluate_files",
+    "evaluate_many",
     "frame_from_ground_truth",
     "read_ground_truth",
     "read_predictions",

@@ -11,6 +11,8 @@ checked against the devkit's own functions in ``tests/perception/test_evaluation
    score it against, and it usually means the two files do not belong together (the devkit likewise
    refuses sample sets that differ). More than ``max_boxes_per_frame`` predictions in one frame is an
    error, as in the devkit.
+   Several runs evaluated as one set (:func:`evaluate_many`) identify a frame by (run, ``stamp_ns``),
+   so runs whose stamps collide stay apart.
 2. **Labels.** A prediction label that is not an evaluated class is an error (the devkit asserts on
    unknown detection names). A ground-truth label that is not an evaluated class is skipped, counted and
    logged (the devkit's ground-truth loader drops categories outside the detection classes).
@@ -64,7 +66,7 @@ import warnings
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence, Union
+from typing import Hashable, Sequence, Union
 
 import numpy as np
 
@@ -614,21 +616,33 @@ def evaluate(predictions: Frames, ground_truth: Frames, config: EvalConfig = Eva
     """
     pred_frames, pred_where, pred_trunc = _frames_and_where(predictions, "prediction")
     gt_frames, gt_where, gt_trunc = _frames_and_where(ground_truth, "ground-truth")
+    return _evaluate_keyed(pred_frames, pred_where, [f.stamp_ns for f in pred_frames],
+                           gt_frames, gt_where, [f.stamp_ns for f in gt_frames], pred_trunc + gt_trunc, config)
+
+
+FrameKey = Hashable
+
+
+def _evaluate_keyed(pred_frames: Sequence[FrameBoxes], pred_where: list[str], pred_keys: list[FrameKey],
+                    gt_frames: Sequence[FrameBoxes], gt_where: list[str], gt_keys: list[FrameKey],
+                    truncated_last_lines: int, config: EvalConfig) -> EvalResult:
+    """:func:`evaluate` with frames identified by ``*_keys`` (the stamp for one run; (run, stamp) for
+    several, so that runs whose stamps collide stay apart). ``*_where`` name each frame in messages."""
     class_names = config.class_names
     range_of = {c.name: c.range_m for c in config.classes}
 
-    gt_index: dict[int, int] = {}
-    for i, f in enumerate(gt_frames):
-        if f.stamp_ns in gt_index:
-            raise EvaluationError(f"{gt_where[i]}: stamp_ns {f.stamp_ns} repeats {gt_where[gt_index[f.stamp_ns]]}")
-        gt_index[f.stamp_ns] = i
-    seen: dict[int, int] = {}
+    gt_index: dict[FrameKey, int] = {}
+    for i, (f, key) in enumerate(zip(gt_frames, gt_keys)):
+        if key in gt_index:
+            raise EvaluationError(f"{gt_where[i]}: stamp_ns {f.stamp_ns} repeats {gt_where[gt_index[key]]}")
+        gt_index[key] = i
+    seen: dict[FrameKey, int] = {}
     unmatched: list[int] = []
-    for i, f in enumerate(pred_frames):
-        if f.stamp_ns in seen:
-            raise EvaluationError(f"{pred_where[i]}: stamp_ns {f.stamp_ns} repeats {pred_where[seen[f.stamp_ns]]}")
-        seen[f.stamp_ns] = i
-        if f.stamp_ns not in gt_index:
+    for i, (f, key) in enumerate(zip(pred_frames, pred_keys)):
+        if key in seen:
+            raise EvaluationError(f"{pred_where[i]}: stamp_ns {f.stamp_ns} repeats {pred_where[seen[key]]}")
+        seen[key] = i
+        if key not in gt_index:
             unmatched.append(i)
         if len(f) > config.max_boxes_per_frame:
             raise EvaluationError(f"{pred_where[i]}: {len(f)} predictions in one frame; at most "
@@ -678,7 +692,7 @@ def evaluate(predictions: Frames, ground_truth: Frames, config: EvalConfig = Eva
         pred_out_of_range += int((~in_range).sum())
         pred_no_points += int((in_range & ~has_points).sum())
         pred_kept.append(f[in_range & has_points])
-    pred_frame_index = [gt_index[f.stamp_ns] for f in pred_frames]
+    pred_frame_index = [gt_index[key] for key in pred_keys]
 
     classes: list[ClassResult] = []
     for spec in config.classes:
@@ -726,7 +740,7 @@ def evaluate(predictions: Frames, ground_truth: Frames, config: EvalConfig = Eva
         prediction_boxes_out_of_range=pred_out_of_range,
         ground_truth_boxes_without_points=gt_no_points,
         prediction_boxes_without_points=pred_no_points,
-        truncated_last_lines=pred_trunc + gt_trunc,
+        truncated_last_lines=truncated_last_lines,
     )
     return EvalResult(config=config, mean_ap=mean_ap, nds=nds, tp_errors=TpErrors.from_metrics(mean_errs),
                       tp_scores=TpErrors.from_metrics(scores), classes=tuple(classes), counts=counts)
@@ -741,3 +755,44 @@ def evaluate_files(predictions_path: str | Path, ground_truth_path: str | Path,
         together, names ``path:line`` of the offending frame).
     """
     return evaluate(read_predictions(predictions_path), read_ground_truth(ground_truth_path), config)
+
+
+def evaluate_many(runs: Sequence[tuple[Frames, Frames]], config: EvalConfig = EvalConfig()) -> EvalResult:
+    """Evaluate several runs (drives, recordings) together as one data set, keeping their frames apart.
+
+    A frame is identified by (run index, ``stamp_ns``), so runs whose stamps collide (simulated drives all
+    start at the same stamp) are never matched against each other's ground truth. The runs are
+    concatenated in order: predictions of run 0 in file order, then run 1, ...; that order breaks score
+    ties as file order does in :func:`evaluate`. For a single run the result equals :func:`evaluate`.
+
+    Args:
+        runs: (predictions, ground truth) per run, each a :class:`ResultsFile` or a sequence of
+            :class:`FrameBoxes` (as :func:`evaluate` takes them).
+        config: classes, ranges, thresholds.
+    Returns:
+        One :class:`EvalResult` over all runs; its counts are sums over the runs.
+    Raises:
+        EvaluationError: as :func:`evaluate`, naming the run's file and line (or ``run i`` for frames
+            given as sequences); ValueError for an empty ``runs``.
+    """
+    if not runs:
+        raise ValueError("evaluate_many: no runs given")
+    pred_frames: list[FrameBoxes] = []
+    pred_where: list[str] = []
+    pred_keys: list[FrameKey] = []
+    gt_frames: list[FrameBoxes] = []
+    gt_where: list[str] = []
+    gt_keys: list[FrameKey] = []
+    truncated = 0
+    for run, (predictions, ground_truth) in enumerate(runs):
+        for frames, all_frames, all_where, all_keys, what in (
+                (predictions, pred_frames, pred_where, pred_keys, "prediction"),
+                (ground_truth, gt_frames, gt_where, gt_keys, "ground-truth")):
+            fs, where, trunc = _frames_and_where(frames, what)
+            truncated += trunc
+            if not isinstance(frames, ResultsFile):
+                where = [f"run {run}: {w}" for w in where]
+            all_frames.extend(fs)
+            all_where.extend(where)
+            all_keys.extend((run, f.stamp_ns) for f in fs)
+    return _evaluate_keyed(pred_frames, pred_where, pred_keys, gt_frames, gt_where, gt_keys, truncated, config)

@@ -33,7 +33,7 @@ from drivers.sim_lidar import LidarSimResult, objects_in_ego, simulate_sweep
 from drivers.sim_radar import SOURCE_CLUTTER, SOURCE_FALSE_ALARM, simulate_scan
 from drivers.sim_scene import LABEL_WALL, EgoState, Scene, SceneObjects
 from perception.align import (RadarAccumulator, SweepAccumulator, camera_from_ego_at, deskew_sweep,
-                              radar_to_instant, raw_sweep_in_ego)
+                              deskew_sweep_reference, radar_to_instant, raw_sweep_in_ego)
 from perception.egomotion import EgoMotion
 
 # Seed 31 (4 s drive, top speed 20 m/s): from 1.7 s to 3.5 s the ego drives 19.0 m/s through a left-hand
@@ -209,6 +209,26 @@ def test_deskewed_static_points_sit_where_they_truly_are_at_the_stamp(drive):
           f"p99 {np.percentile(err_after, 99) * 1000:.1f} mm")
     assert np.median(err_before) > 0.5
     assert np.median(err_after) < 0.01 and np.percentile(err_after, 99) < 0.03
+
+
+def test_deskew_kernel_equals_its_numpy_reference(drive):
+    t = FRAMES_S[2]
+    _, sweep = drive.sweeps[2]
+    motion = drive.motion_until(t)
+    fast = deskew_sweep(sweep, LIDAR, motion)
+    ref = deskew_sweep_reference(sweep, LIDAR, motion)
+    np.testing.assert_allclose(fast, ref, rtol=0, atol=1e-5)
+
+
+def test_vectorised_poses_equal_one_at_a_time_poses(drive):
+    t = FRAMES_S[2]
+    motion = drive.motion_until(t)
+    ts = np.array([_ns(t) - 100_000_000, _ns(t) - 33_333_333, _ns(t), _ns(t) + 50_000_000], np.int64)
+    R, p = motion.poses_at(ts)
+    for k, tk in enumerate(ts):
+        pose = motion.pose_at(int(tk))
+        np.testing.assert_allclose(R[k], pose.rotation, atol=1e-12)
+        np.testing.assert_allclose(p[k], pose.translation, atol=1e-9)
 
 
 def test_deskew_refuses_the_transform_of_another_sensor(drive):

@@ -1,0 +1,119 @@
+"""The detection pipeline's latency on this machine: per stage and end to end, and each network on
+ONNX Runtime vs torch.
+
+    .venv/bin/python benchmarks/bench_pipeline.py [--recording recordings/sample_drive.mcap] [--realtime]
+
+1. Replays the recording through the full pipeline with each backend (torch = the reference, onnxruntime =
+   the CPU default), 2 threads, and prints per-stage p50/p95/p99/max [ms], end-to-end latency and frame
+   counts. With --realtime the onnxruntime run is real time (messages delivered at their stamps; frames that
+   cannot make the 100 ms deadline are dropped and counted).
+2. Sums the stages that are not networks (align = decode-free frame preparation incl. deskew and
+   accumulation, pillarize, bev_pool, decode) per frame: the <= 15 ms target.
+3. Times each network alone on fixed inputs (median of 30 runs) on torch and onnxruntime: ratio torch/ORT.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+NETWORK_STAGES = ("camera_net", "bev_net", "siren")
+
+
+def replay(recording: Path, backend: str, realtime: bool, out: Path):
+    import logging
+
+    from drivers.recording import RecordingReader
+    from perception.cli_replay import run_pipeline
+    from perception.pipeline import PipelineConfig
+
+    logging.getLogger("perception").setLevel(logging.ERROR)
+    cfg = dataclasses.replace(PipelineConfig.load(ROOT / "configs" / "pipeline_default.yaml"), backend=backend)
+    reader = RecordingReader(recording)
+    stats, latency, outputs, pipeline = run_pipeline(reader.messages(), reader.rig, cfg, out, recording=None,
+                                                     realtime=realtime, quiet=True, source_name=str(recording))
+    return latency
+
+
+def non_network_ms(latency) -> np.ndarray:
+    per_frame = []
+    for f in latency._frames:  # one FrameTiming per emitted frame
+        per_frame.append(sum(ms for name, ms in f.stages if name not in NETWORK_STAGES))
+    return np.array(per_frame)
+
+
+def time_networks(threads: int = 2, runs: int = 30):
+    import torch
+
+    from perception.backends import open_backend
+    from perception.export import export_onnx
+    from perception.models.networks import load_checkpoint
+
+    torch.set_num_threads(threads)
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for module in load_checkpoint(ROOT / "recordings" / "models" / "fusion.pt"):
+            spec = module.spec
+            feeds = spec.random_inputs(0)
+            if "lidar_index" in feeds:  # one pillar per cell, as the pillarizer guarantees
+                rng = np.random.default_rng(0)
+                for k in ("lidar_index", "radar_index"):
+                    n = feeds[k].shape[1]
+                    feeds[k][0] = rng.choice(int(spec.inputs[[t.name for t in spec.inputs].index(k)].high), n, replace=False)
+            path = export_onnx(module, spec, Path(tmp) / f"{spec.name}.onnx")
+            times = {}
+            for kind in ("torch", "onnxruntime"):
+                b = open_backend(kind, spec, module=module if kind == "torch" else None,
+                                 onnx_path=path if kind == "onnxruntime" else None, threads=threads)
+                for _ in range(3):
+                    b(feeds)
+                t = []
+                for _ in range(runs):
+                    t0 = time.perf_counter()
+                    b(feeds)
+                    t.append((time.perf_counter() - t0) * 1e3)
+                times[kind] = statistics.median(t)
+            rows.append((spec.name, times["torch"], times["onnxruntime"]))
+    return rows
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--recording", default=str(ROOT / "recordings" / "sample_drive.mcap"))
+    ap.add_argument("--realtime", action="store_true", help="run the onnxruntime replay in real time")
+    args = ap.parse_args()
+    from perception.timing import format_summary_table
+
+    rec = Path(args.recording)
+    with tempfile.TemporaryDirectory() as tmp:
+        results = {}
+        for backend in ("torch", "onnxruntime"):
+            rt = args.realtime and backend == "onnxruntime"
+            latency = replay(rec, backend, rt, Path(tmp) / backend)
+            results[backend] = latency
+            print(f"\n== {backend}{' (real time)' if rt else ''}: {rec.name}")
+            print(format_summary_table(latency))
+            nn_free = non_network_ms(latency)
+            print(f"non-network stages per frame: median {np.median(nn_free):.1f} ms, p95 "
+                  f"{np.percentile(nn_free, 95):.1f} ms, max {nn_free.max():.1f} ms (target <= 15 ms)")
+    e2e = {k: v.summary().end_to_end for k, v in results.items()}
+    print(f"\nend-to-end p50: torch {e2e['torch'].p50:.1f} ms, onnxruntime {e2e['onnxruntime'].p50:.1f} ms, "
+          f"ratio torch/onnxruntime {e2e['torch'].p50 / e2e['onnxruntime'].p50:.2f}")
+    print("\nnetwork      torch [ms]   onnxruntime [ms]   torch/ORT   (median of 30, 2 threads)")
+    for name, t_torch, t_ort in time_networks():
+        print(f"{name:10s} {t_torch:11.2f} {t_ort:18.2f} {t_torch / t_ort:11.2f}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

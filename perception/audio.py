@@ -1,0 +1,475 @@
+"""Audio perception: siren detection (log-mel features + a small CNN), direction of arrival from the
+microphone array, and late fusion of both with the vehicle detections.
+
+Data flow (one microphone array)::
+
+    AudioChunk (C, S) ─▶ SirenDetector ring buffer (last WINDOW_S of every channel)
+                          ├─ log_mel (power averaged over channels) ─▶ network "siren" ─▶ probability
+                          └─ doa_bearing (SRP-PHAT over the C(C-1)/2 pairs) ─▶ bearing, quality
+    Detections3D + SirenEstimate ─▶ associate_sirens ─▶ Detections3D with ``siren`` set + SirenEvent
+
+Features (:func:`log_mel`): the network sees exactly one thing, the log-mel spectrogram of WINDOW_S of
+mono audio at FEATURE_RATE_HZ, shape (N_MELS, N_FRAMES). Audio at any other integer sample rate (ESC-50
+clips are 44.1 kHz, the rig is 16 kHz) is first brought to FEATURE_RATE_HZ by :func:`resample`, a
+polyphase windowed-sinc (Kaiser) filter: the features, and so the detector, do not depend on the rate the
+audio was recorded at. Multichannel input is mixed by averaging power spectra, not waveforms: summing
+the waveforms of a 0.2 m array would comb-filter an off-axis siren (0.58 ms between microphones puts a
+notch near 860 Hz, in the middle of the siren band).
+
+Direction of arrival (:func:`doa_bearing`): far-field plane wave, microphones at known positions in the
+ego frame. For every frame (64 ms) and every pair (i, j) the PHAT-weighted cross-spectrum
+``X_i X_j* / |X_i X_j*|`` is kept only on the siren's bins (the tonal bins: each frame's bins within
+DOA_PEAK_DB of that frame's strongest bin in the siren band, which tracks a sweeping siren and ignores
+the broadband noise floor between its harmonics), summed over frames, and steered over an azimuth grid
+(SRP-PHAT: the sum over pairs and bins of ``Re(R_ij(f) exp(-2 pi i f tau_ij(theta)))``, with
+``tau_ij = (p_i - p_j) . u(theta) / c``). The grid maximum (0.5 deg) is refined on a 0.02 deg grid
+around it. A planar array cannot tell up from down; sources are assumed near the horizon, which holds
+for vehicles and costs little for the ground reflection (cos(elevation) shrinks all delays alike).
+``quality`` is the steered response at the peak divided by its value for a perfect plane wave (1: every
+bin of every pair agrees on the direction; ~0: diffuse noise).
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from drivers.messages import AudioChunk
+from perception.decode import Detections3D, SirenEvent
+
+# ------------------------------------------------------------------------------------------- constants
+FEATURE_RATE_HZ = 16000  # every feature is computed at this rate (audio is resampled to it)
+WINDOW_S = 1.0  # the network sees this much audio
+WINDOW_SAMPLES = int(WINDOW_S * FEATURE_RATE_HZ)
+N_FFT = 1024  # 64 ms Hann frames: 15.6 Hz bins, fine enough to see a siren's harmonics
+HOP = 256  # 16 ms
+N_MELS = 64
+FMIN_HZ = 50.0
+FMAX_HZ = 8000.0
+POWER_FLOOR = 1e-10  # -100 dB re full scale: digital silence maps here, not to -inf
+N_FRAMES = 1 + (WINDOW_SAMPLES - N_FFT) // HOP  # 59 frames per window
+
+RESAMPLE_ZERO_CROSSINGS = 16  # sinc half-width in zero crossings of the (lower) cutoff
+RESAMPLE_ROLLOFF = 0.94  # cutoff as a fraction of the lower Nyquist frequency
+RESAMPLE_KAISER_BETA = 8.6  # ~ -80 dB stop band
+
+SPEED_OF_SOUND_MPS = 343.0
+SIREN_BAND_HZ = (400.0, 4500.0)  # siren fundamentals and their first harmonics (DOA band)
+DOA_FRAME_S = 0.064
+DOA_PEAK_DB = 20.0  # bins within this of the frame's strongest in-band bin count as siren bins
+DOA_COARSE_DEG = 0.5
+DOA_FINE_DEG = 0.02
+
+# Network contract (perception/models/siren.py builds its NetworkSpec from these).
+SIREN_NETWORK = "siren"
+SIREN_INPUT = "log_mel"  # (1, 1, N_MELS, N_FRAMES) float32 [dB re full scale^2]
+SIREN_OUTPUT = "siren_prob"  # (1, 1) float32 in [0, 1]
+
+VEHICLE_CLASSES = ("car", "truck")  # the classes a siren can be attached to
+ASSOCIATION_TIE_RAD = math.radians(2.0)  # bearings closer than this to the best count as a tie
+
+SirenNetwork = Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]]
+"""A backend for the ``siren`` network: named float32 arrays in, named float32 arrays out."""
+
+
+# ------------------------------------------------------------------------------------------- resampling
+def resample(audio: np.ndarray, rate_in: int, rate_out: int) -> np.ndarray:
+    """Change the sample rate by a rational factor with a polyphase windowed-sinc filter.
+
+    Output sample k sits at input position ``k * rate_in / rate_out``; it is the sum of the input samples
+    within RESAMPLE_ZERO_CROSSINGS zero crossings of a Kaiser-windowed sinc whose cutoff is
+    RESAMPLE_ROLLOFF times the lower of the two Nyquist frequencies (anti-aliasing when going down,
+    anti-imaging when going up). The rate ratio is reduced to ``up / down``; the k-th output uses phase
+    ``k * down mod up`` of the filter, so only that many distinct filters exist. Each is normalised to
+    unit DC gain. Samples outside the input count as zero.
+
+    Args:
+        audio: (..., N) float samples; the last axis is time.
+        rate_in, rate_out: positive integer sample rates [Hz].
+    Returns:
+        (..., ceil(N * rate_out / rate_in)) float32.
+    """
+    if int(rate_in) != rate_in or int(rate_out) != rate_out or rate_in <= 0 or rate_out <= 0:
+        raise ValueError(f"resample: sample rates must be positive integers [Hz], got {rate_in} -> {rate_out}")
+    x = np.asarray(audio, dtype=np.float64)
+    if x.ndim == 0:
+        raise ValueError("resample: audio must have a time axis (last axis)")
+    if rate_in == rate_out:
+        return x.astype(np.float32)
+    g = math.gcd(int(rate_in), int(rate_out))
+    up, down = int(rate_out) // g, int(rate_in) // g
+    n_in = x.shape[-1]
+    n_out = -(-n_in * up // down)
+    fc = RESAMPLE_ROLLOFF * min(1.0, up / down)  # cutoff in units of the input Nyquist frequency
+    half = int(math.ceil(RESAMPLE_ZERO_CROSSINGS / fc))  # filter half-width [input samples]
+    k = np.arange(n_out, dtype=np.int64)
+    base = (k * down) // up  # input sample at or left of the output position
+    phase = (k * down) % up
+    uniq, inverse = np.unique(phase, return_inverse=True)
+    offsets = np.arange(-half + 1, half + 1)  # taps relative to ``base``
+    t = offsets[None, :] - uniq[:, None] / up  # distance of each tap from the output position [samples]
+    window = np.i0(RESAMPLE_KAISER_BETA * np.sqrt(np.clip(1.0 - (t / half) ** 2, 0.0, None)))
+    taps = fc * np.sinc(fc * t) * window / np.i0(RESAMPLE_KAISER_BETA)
+    taps /= taps.sum(axis=1, keepdims=True)
+    padded = np.concatenate([np.zeros(x.shape[:-1] + (half,)), x, np.zeros(x.shape[:-1] + (half + 1,))],
+                            axis=-1)
+    idx = base[:, None] + offsets[None, :] + half  # (n_out, 2 half) into ``padded``
+    out = np.einsum("...kt,kt->...k", padded[..., idx], taps[inverse])
+    return out.astype(np.float32)
+
+
+# ------------------------------------------------------------------------------------------- features
+@functools.lru_cache(maxsize=4)
+def mel_filterbank(sample_rate: int = FEATURE_RATE_HZ, n_fft: int = N_FFT, n_mels: int = N_MELS,
+                   fmin: float = FMIN_HZ, fmax: float = FMAX_HZ) -> np.ndarray:
+    """(n_mels, n_fft // 2 + 1) float64 triangular filters, equally spaced on the HTK mel scale
+    (``2595 log10(1 + f / 700)``), each with unit peak. Read-only (cached)."""
+    def mel(f):
+        return 2595.0 * np.log10(1.0 + np.asarray(f) / 700.0)
+
+    def hz(m):
+        return 700.0 * (10.0 ** (np.asarray(m) / 2595.0) - 1.0)
+
+    edges = hz(np.linspace(mel(fmin), mel(fmax), n_mels + 2))
+    f = np.fft.rfftfreq(n_fft, 1.0 / sample_rate)
+    lo, mid, hi = edges[:-2, None], edges[1:-1, None], edges[2:, None]
+    fb = np.maximum(0.0, np.minimum((f - lo) / (mid - lo), (hi - f) / (hi - mid)))
+    fb.setflags(write=False)
+    return fb
+
+
+@functools.lru_cache(maxsize=1)
+def _hann(n: int) -> np.ndarray:
+    w = 0.5 - 0.5 * np.cos(2.0 * np.pi * np.arange(n) / n)  # periodic Hann
+    w.setflags(write=False)
+    return w
+
+
+def log_mel(audio: np.ndarray, sample_rate: int) -> np.ndarray:
+    """Log-mel spectrogram, the siren network's input.
+
+    Audio not at FEATURE_RATE_HZ is resampled to it first (:func:`resample`). Frames of N_FFT samples
+    (periodic Hann window) every HOP samples, no padding; power ``|X|^2 / sum(w^2)`` (a full-scale sine
+    gives about -3 dB in its band), averaged over channels, N_MELS triangular mel bands FMIN_HZ-FMAX_HZ,
+    ``10 log10(power + POWER_FLOOR)``.
+
+    Args:
+        audio: (N,) or (C, N) float samples in [-1, 1] (C channels are mixed by averaging power).
+        sample_rate: [Hz] of ``audio``, any positive integer.
+    Returns:
+        (N_MELS, 1 + (N' - N_FFT) // HOP) float32 [dB re full scale^2], N' the length at FEATURE_RATE_HZ;
+        one second of audio gives (N_MELS, N_FRAMES) = (64, 59) at any input rate.
+    """
+    x = np.asarray(audio, dtype=np.float32)
+    if x.ndim == 1:
+        x = x[None, :]
+    if x.ndim != 2:
+        raise ValueError(f"log_mel: audio must be (N,) or (C, N), got shape {x.shape}")
+    if int(sample_rate) != sample_rate or sample_rate <= 0:
+        raise ValueError(f"log_mel: sample_rate must be a positive integer [Hz], got {sample_rate}")
+    if sample_rate != FEATURE_RATE_HZ:
+        x = resample(x, int(sample_rate), FEATURE_RATE_HZ)
+    if x.shape[1] < N_FFT:
+        raise ValueError(f"log_mel: need at least {N_FFT} samples at {FEATURE_RATE_HZ} Hz "
+                         f"({N_FFT / FEATURE_RATE_HZ * 1e3:.0f} ms), got {x.shape[1]}")
+    if not np.all(np.isfinite(x)):
+        raise ValueError("log_mel: audio has non-finite samples")
+    w = _hann(N_FFT)
+    frames = np.lib.stride_tricks.sliding_window_view(x, N_FFT, axis=1)[:, ::HOP]  # (C, T, N_FFT)
+    spec = np.fft.rfft(frames * w, axis=-1)
+    power = (spec.real ** 2 + spec.imag ** 2).mean(axis=0) / float(np.sum(w * w))  # (T, F)
+    mel = power @ mel_filterbank().T  # (T, N_MELS)
+    return (10.0 * np.log10(mel + POWER_FLOOR)).T.astype(np.float32)
+
+
+def siren_input(features: np.ndarray) -> dict[str, np.ndarray]:
+    """The network feed for one window: ``{SIREN_INPUT: (1, 1, N_MELS, N_FRAMES) float32}``.
+
+    Args:
+        features: (N_MELS, N_FRAMES) from :func:`log_mel` of WINDOW_S of audio.
+    """
+    if features.shape != (N_MELS, N_FRAMES):
+        raise ValueError(f"siren_input: features must be ({N_MELS}, {N_FRAMES}) (log_mel of {WINDOW_S} s), "
+                         f"got {features.shape}")
+    return {SIREN_INPUT: np.ascontiguousarray(features, dtype=np.float32)[None, None]}
+
+
+def siren_probability(network: SirenNetwork, audio: np.ndarray, sample_rate: int) -> float:
+    """Siren probability of exactly one window of audio.
+
+    Args:
+        network: the ``siren`` network backend.
+        audio: (N,) or (C, N) float samples covering WINDOW_S at ``sample_rate``.
+        sample_rate: [Hz].
+    Returns:
+        probability in [0, 1].
+    """
+    out = network(siren_input(log_mel(audio, sample_rate)))
+    if SIREN_OUTPUT not in out:
+        raise ValueError(f"siren network returned {sorted(out)}, expected an output named {SIREN_OUTPUT!r}")
+    prob = np.asarray(out[SIREN_OUTPUT])
+    if prob.shape != (1, 1):
+        raise ValueError(f"siren network output {SIREN_OUTPUT!r} has shape {prob.shape}, expected (1, 1)")
+    return float(prob[0, 0])
+
+
+def clip_siren_probability(network: SirenNetwork, audio: np.ndarray, sample_rate: int,
+                           hop_s: float = 0.5) -> tuple[float, np.ndarray]:
+    """Score a clip longer than one window: the maximum over WINDOW_S windows every ``hop_s`` seconds
+    (the last window is aligned to the clip's end, so no audio is left out; a clip shorter than a window
+    is zero-padded at the end).
+
+    Args:
+        network: the ``siren`` network backend.
+        audio: (N,) or (C, N) float samples; sample_rate: [Hz]; hop_s: window spacing [s].
+    Returns:
+        (clip probability, (W,) float32 per-window probabilities in time order).
+    """
+    x = np.asarray(audio, dtype=np.float32)
+    if x.ndim == 1:
+        x = x[None, :]
+    if x.ndim != 2 or x.shape[1] == 0:
+        raise ValueError(f"clip_siren_probability: audio must be (N,) or (C, N) with N > 0, got {x.shape}")
+    if hop_s <= 0:
+        raise ValueError(f"clip_siren_probability: hop_s must be > 0, got {hop_s}")
+    if sample_rate != FEATURE_RATE_HZ:  # once for the whole clip, not per window
+        x = resample(x, int(sample_rate), FEATURE_RATE_HZ)
+    hop = max(1, int(round(hop_s * FEATURE_RATE_HZ)))
+    if x.shape[1] < WINDOW_SAMPLES:
+        x = np.pad(x, ((0, 0), (0, WINDOW_SAMPLES - x.shape[1])))
+    starts = list(range(0, x.shape[1] - WINDOW_SAMPLES + 1, hop))
+    if starts[-1] != x.shape[1] - WINDOW_SAMPLES:
+        starts.append(x.shape[1] - WINDOW_SAMPLES)
+    probs = np.array([siren_probability(network, x[:, s:s + WINDOW_SAMPLES], FEATURE_RATE_HZ) for s in starts],
+                     np.float32)
+    return float(probs.max()), probs
+
+
+# ------------------------------------------------------------------------------------------- direction
+def mic_positions_ego(ego_from_mic_array, mic_positions: np.ndarray) -> np.ndarray:
+    """Microphone positions in the ego frame: the rig's ``ego_from_sensor`` (a
+    calibration.transform.Transform) applied to the sensor's ``mic_positions`` (M, 3) [m].
+
+    Returns:
+        (M, 3) float64 [m], ego frame.
+    """
+    return ego_from_mic_array.apply(np.asarray(mic_positions, dtype=np.float64))
+
+
+def doa_bearing(audio: np.ndarray, mic_positions: np.ndarray, sample_rate: int,
+                band_hz: tuple[float, float] = SIREN_BAND_HZ) -> tuple[float, float]:
+    """Direction of arrival of the dominant tonal source (the siren) by SRP-PHAT (see module docstring).
+
+    Args:
+        audio: (M, N) float32 samples, one row per microphone, N >= one DOA frame (64 ms).
+        mic_positions: (M, 3) [m] microphone positions in the ego frame (:func:`mic_positions_ego`), M >= 2,
+            not all at one point.
+        sample_rate: [Hz].
+        band_hz: (low, high) [Hz] frequencies used.
+    Returns:
+        (bearing [rad] CCW from ego +x in (-pi, pi], quality in [0, 1]); quality 0 and bearing 0 when the
+        band holds no signal.
+    """
+    x = np.asarray(audio, dtype=np.float64)
+    mics = np.asarray(mic_positions, dtype=np.float64)
+    if x.ndim != 2 or mics.shape != (x.shape[0], 3) or x.shape[0] < 2:
+        raise ValueError(f"doa_bearing: audio must be (M, N) with M >= 2 and mic_positions (M, 3), got "
+                         f"{x.shape} and {mics.shape}")
+    if int(sample_rate) != sample_rate or sample_rate <= 0:
+        raise ValueError(f"doa_bearing: sample_rate must be a positive integer [Hz], got {sample_rate}")
+    if not np.all(np.isfinite(x)):
+        raise ValueError("doa_bearing: audio has non-finite samples")
+    n_fft = 1 << int(round(math.log2(DOA_FRAME_S * sample_rate)))
+    if x.shape[1] < n_fft:
+        raise ValueError(f"doa_bearing: need at least {n_fft} samples ({DOA_FRAME_S * 1e3:.0f} ms), "
+                         f"got {x.shape[1]}")
+    baseline = np.linalg.norm(mics[:, None, :2] - mics[None, :, :2], axis=2).max()
+    if baseline < 1e-3:
+        raise ValueError("doa_bearing: the microphones must be spread in the horizontal plane (>= 1 mm)")
+    f = np.fft.rfftfreq(n_fft, 1.0 / sample_rate)
+    band = (f >= band_hz[0]) & (f <= min(band_hz[1], 0.5 * sample_rate))
+    frames = np.lib.stride_tricks.sliding_window_view(x, n_fft, axis=1)[:, :: n_fft // 2]  # (M, T, n_fft)
+    X = np.fft.rfft(frames * np.hanning(n_fft), axis=-1)[..., band]  # (M, T, B)
+    fb = f[band]
+    power = np.mean(np.abs(X) ** 2, axis=0)  # (T, B)
+    peak = power.max(axis=1, keepdims=True)
+    weight = (power >= peak * 10.0 ** (-DOA_PEAK_DB / 10.0)) & (peak > 0)  # the frame's tonal bins
+    i, j = np.triu_indices(len(mics), k=1)
+    cross = X[i] * np.conj(X[j])  # (P, T, B)
+    cross = np.where(weight[None], cross / np.maximum(np.abs(cross), 1e-30), 0.0).sum(axis=1)  # (P, B)
+    total = float(weight.sum()) * len(i)
+    if total == 0.0:
+        return 0.0, 0.0
+    dp = mics[i, :2] - mics[j, :2]  # (P, 2) pair baselines [m]
+
+    def srp(theta: np.ndarray) -> np.ndarray:
+        u = np.stack([np.cos(theta), np.sin(theta)])  # (2, G)
+        tau = dp @ u / SPEED_OF_SOUND_MPS  # (P, G) [s]
+        steer = np.exp(-2j * np.pi * fb[None, :, None] * tau[:, None, :])  # (P, B, G)
+        return np.einsum("pb,pbg->g", cross, steer).real
+
+    coarse = np.radians(np.arange(-180.0, 180.0, DOA_COARSE_DEG))
+    best = coarse[int(np.argmax(srp(coarse)))]
+    fine = best + np.radians(np.arange(-DOA_COARSE_DEG, DOA_COARSE_DEG + 1e-9, DOA_FINE_DEG))
+    response = srp(fine)
+    k = int(np.argmax(response))
+    bearing = math.atan2(math.sin(fine[k]), math.cos(fine[k]))
+    if bearing <= -math.pi:
+        bearing = math.pi
+    return bearing, float(np.clip(response[k] / total, 0.0, 1.0))
+
+
+# ------------------------------------------------------------------------------------------- detector
+@dataclass(frozen=True)
+class SirenEstimate:
+    """What the microphone array says about one window.
+
+    Args:
+        stamp_ns: stamp of the newest AudioChunk in the window [ns] (the window ends one chunk later).
+        probability: siren detector output in [0, 1].
+        bearing_rad: direction of arrival in the ego frame, CCW from +x [rad] in (-pi, pi]; NaN when the
+            detector has no microphone positions (mono use).
+        quality: DOA quality in [0, 1] (see :func:`doa_bearing`); 0 without microphone positions.
+    """
+
+    stamp_ns: int
+    probability: float
+    bearing_rad: float
+    quality: float
+
+
+class SirenDetector:
+    """Siren probability and bearing over the last WINDOW_S of a microphone array's audio.
+
+    Args:
+        network: backend of the ``siren`` network (e.g. ``perception.models.siren.torch_network(model)``
+            or an ONNX Runtime session behind the same callable).
+        sample_rate: [Hz] of the AudioChunks that will be pushed.
+        n_channels: channels per chunk (microphones).
+        mic_positions: (n_channels, 3) [m] microphone positions in the ego frame, or None to skip the
+            bearing (mono microphones).
+    """
+
+    def __init__(self, network: SirenNetwork, sample_rate: int, n_channels: int,
+                 mic_positions: np.ndarray | None = None):
+        if int(sample_rate) != sample_rate or sample_rate <= 0:
+            raise ValueError(f"SirenDetector: sample_rate must be a positive integer [Hz], got {sample_rate}")
+        if n_channels < 1:
+            raise ValueError(f"SirenDetector: n_channels must be >= 1, got {n_channels}")
+        if mic_positions is not None:
+            mic_positions = np.asarray(mic_positions, dtype=np.float64)
+            if mic_positions.shape != (n_channels, 3):
+                raise ValueError(f"SirenDetector: mic_positions must be ({n_channels}, 3), got "
+                                 f"{mic_positions.shape}")
+        self.network = network
+        self.sample_rate = int(sample_rate)
+        self.mic_positions = mic_positions
+        self._n = int(round(WINDOW_S * sample_rate))
+        self._buffer = np.zeros((n_channels, self._n), dtype=np.float32)
+        self._filled = 0
+        self._stamp_ns: int | None = None
+
+    @classmethod
+    def from_weights(cls, path: str | Path, sample_rate: int, n_channels: int,
+                     mic_positions: np.ndarray | None = None) -> "SirenDetector":
+        """A detector running the torch model from a checkpoint written by ``perception train``."""
+        from perception.models.siren import load_siren_model, torch_network  # torch only when asked for
+
+        return cls(torch_network(load_siren_model(path)), sample_rate, n_channels, mic_positions)
+
+    @property
+    def ready(self) -> bool:
+        """True once WINDOW_S of audio has been pushed."""
+        return self._filled >= self._n
+
+    def reset(self) -> None:
+        """Forget the buffered audio (after a gap in the stream)."""
+        self._buffer[:] = 0.0
+        self._filled = 0
+        self._stamp_ns = None
+
+    def push(self, chunk: AudioChunk) -> None:
+        """Append one chunk (C, S) to the ring buffer (the oldest samples drop out)."""
+        s = np.asarray(chunk.samples, dtype=np.float32)
+        if chunk.sample_rate != self.sample_rate or s.ndim != 2 or s.shape[0] != self._buffer.shape[0]:
+            raise ValueError(f"SirenDetector: chunk from {chunk.sensor_id!r} is {s.shape} at {chunk.sample_rate} "
+                             f"Hz, expected ({self._buffer.shape[0]}, S) at {self.sample_rate} Hz")
+        s = s[:, -self._n:]
+        k = s.shape[1]
+        self._buffer = np.concatenate([self._buffer[:, k:], s], axis=1)
+        self._filled = min(self._n, self._filled + k)
+        self._stamp_ns = int(chunk.stamp_ns)
+
+    def detect(self) -> SirenEstimate | None:
+        """Probability and bearing of the buffered window, or None until the buffer is full."""
+        if not self.ready or self._stamp_ns is None:
+            return None
+        prob = siren_probability(self.network, self._buffer, self.sample_rate)
+        if self.mic_positions is None:
+            return SirenEstimate(self._stamp_ns, prob, float("nan"), 0.0)
+        bearing, quality = doa_bearing(self._buffer, self.mic_positions, self.sample_rate)
+        return SirenEstimate(self._stamp_ns, prob, bearing, quality)
+
+    def __call__(self, chunk: AudioChunk) -> SirenEstimate | None:
+        """:meth:`push` then :meth:`detect`."""
+        self.push(chunk)
+        return self.detect()
+
+
+# ------------------------------------------------------------------------------------------- fusion
+def _wrap(angle: np.ndarray) -> np.ndarray:
+    return (np.asarray(angle) + np.pi) % (2.0 * np.pi) - np.pi
+
+
+def associate_sirens(dets: Detections3D, stamp_ns: int, probability: float, bearing_rad: float,
+                     threshold: float, max_bearing_err_rad: float) -> Detections3D:
+    """Late fusion: attach a heard siren to the vehicle it comes from.
+
+    When ``probability >= threshold``: among the car/truck detections whose bearing (``atan2(y, x)`` of
+    the box centre, ego frame) is within ``max_bearing_err_rad`` of ``bearing_rad``, the nearest in
+    bearing gets ``siren = True``; detections within ASSOCIATION_TIE_RAD of that best bearing count as a
+    tie (one vehicle behind another), broken by higher score, then by smaller range. A SirenEvent with
+    that detection's index is added; with no candidate the event is bearing-only (index -1). Below the
+    threshold ``dets`` is returned unchanged.
+
+    Args:
+        dets: the frame's detections (ego frame at their stamp).
+        stamp_ns: stamp of the event [ns] (the frame's).
+        probability: siren probability in [0, 1]; bearing_rad: direction of arrival [rad], ego frame.
+        threshold: probability needed to report a siren; max_bearing_err_rad: association gate [rad].
+    Returns:
+        A new Detections3D (same boxes; ``siren`` and ``siren_events`` updated).
+    """
+    if not 0.0 <= threshold <= 1.0:
+        raise ValueError(f"associate_sirens: threshold must be in [0, 1], got {threshold}")
+    if max_bearing_err_rad < 0:
+        raise ValueError(f"associate_sirens: max_bearing_err_rad must be >= 0, got {max_bearing_err_rad}")
+    if not math.isfinite(bearing_rad):
+        raise ValueError(f"associate_sirens: bearing_rad must be finite, got {bearing_rad}")
+    if probability < threshold:
+        return dets
+    vehicle_ids = [k for k, name in enumerate(dets.class_names) if name in VEHICLE_CLASSES]
+    x, y = dets.boxes[:, 0].astype(np.float64), dets.boxes[:, 1].astype(np.float64)
+    err = np.abs(_wrap(np.arctan2(y, x) - bearing_rad))
+    candidate = np.isin(dets.labels, vehicle_ids) & (err <= max_bearing_err_rad)
+    index = -1
+    if candidate.any():
+        best = err[candidate].min()
+        tied = np.flatnonzero(candidate & (err <= best + ASSOCIATION_TIE_RAD))
+        # lexsort: last key is primary -> highest score first, then nearest range, then bearing error.
+        order = np.lexsort((err[tied], np.hypot(x, y)[tied], -dets.scores[tied].astype(np.float64)))
+        index = int(tied[order[0]])
+    siren = dets.siren.copy()
+    if index >= 0:
+        siren[index] = True
+    bearing = float(_wrap(bearing_rad))
+    if bearing <= -math.pi:
+        bearing = math.pi
+    event = SirenEvent(int(stamp_ns), bearing, float(probability), index)
+    return Detections3D(dets.stamp_ns, dets.boxes, dets.velocities, dets.scores, dets.labels, siren,
+                        dets.class_names, dets.siren_events + (event,))

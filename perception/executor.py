@@ -1,0 +1,213 @@
+"""Runs source -> sync -> pipeline -> sinks, with a per-frame deadline.
+
+Two clocks, one code path:
+
+- **Replay, as fast as possible** (default): the source clock is virtual. A message "arrives" at its stamp;
+  the synchroniser is driven with ``now = stamp`` so replay is deterministic. A frame's end-to-end latency
+  is the time it waited in the synchroniser on the virtual clock (e.g. for a late camera) plus the measured
+  wall time of the pipeline and sinks: the latency it would have had live with data arriving on time.
+  Nothing is dropped (there is no wall clock to fall behind).
+- **Real time** (``--realtime``, ``perception live``): a source thread delivers each message at its stamp
+  mapped onto the wall clock (``speed`` times faster for overload tests) and feeds the synchroniser; frames
+  go into a one-slot mailbox. The pipeline thread always takes the newest frame: a frame replaced in the
+  mailbox before the pipeline got to it, or one already older than the deadline when taken, is dropped and
+  counted, never queued behind. A frame that finishes after its deadline is emitted and counted as
+  ``deadline_missed``. Memory stays flat: at most one waiting frame.
+
+End-to-end latency = emit time (after the sinks wrote the frame) - frame stamp, both on the source clock.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from dataclasses import dataclass
+from typing import Callable, Iterable, Optional, Protocol
+
+from drivers.messages import GroundTruthBoxes, Message
+from perception.decode import Detections3D
+from perception.sync import SyncedFrame, Synchronizer
+from perception.timing import LatencyLog
+
+log = logging.getLogger(__name__)
+
+
+class Sink(Protocol):
+    """Receives every emitted frame's detections (and the frame and its inputs, for pictures)."""
+
+    def write(self, frame: SyncedFrame, dets: Detections3D, emit_ns: int) -> None: ...
+
+    def close(self) -> None: ...
+
+
+@dataclass
+class RunStats:
+    """What an executor run did."""
+
+    frames: int = 0
+    messages: int = 0
+    ground_truth: int = 0
+    wall_s: float = 0.0
+
+
+class Executor:
+    """Drives one pipeline from one message source.
+
+    Args:
+        messages: the source (a recording's messages in log order, or a live/simulated rig).
+        sync: the synchroniser.
+        pipeline: ``SyncedFrame -> Detections3D`` with a ``timer`` (StageTimer).
+        sinks: outputs, called in order for every emitted frame.
+        latency: where per-frame timings and counts go.
+        deadline_ms: per-frame deadline from the frame's stamp.
+        realtime: deliver messages at their stamps on the wall clock (see the module docstring).
+        speed: real-time factor (2.0 = twice as fast as recorded); realtime only.
+        on_ground_truth: called with each ground-truth message the source carries (not synchronised).
+        progress: called after each emitted or dropped frame with the stats so far.
+    """
+
+    def __init__(self, messages: Iterable[Message], sync: Synchronizer, pipeline, sinks: list, latency: LatencyLog,
+                 deadline_ms: float = 100.0, realtime: bool = False, speed: float = 1.0,
+                 on_ground_truth: Optional[Callable[[GroundTruthBoxes], None]] = None,
+                 progress: Optional[Callable[[RunStats], None]] = None):
+        if speed <= 0:
+            raise ValueError(f"speed must be > 0, got {speed}")
+        self.messages = messages
+        self.sync = sync
+        self.pipeline = pipeline
+        self.sinks = sinks
+        self.latency = latency
+        self.deadline_ns = int(deadline_ms * 1e6)
+        self.realtime = realtime
+        self.speed = speed
+        self.on_ground_truth = on_ground_truth
+        self.progress = progress
+        self.stats = RunStats()
+
+    # ------------------------------------------------------------------ common
+    def _process(self, frame: SyncedFrame, clock: Callable[[], int]) -> None:
+        dets = self.pipeline(frame)
+        emit = clock()
+        for s in self.sinks:
+            s.write(frame, dets, emit)
+        emit = clock()
+        timing = self.pipeline.timer.last
+        if timing is not None:
+            self.latency.add(timing.emitted_at(emit), partial=bool(frame.missing))
+        self.stats.frames += 1
+        if self.progress:
+            self.progress(self.stats)
+
+    def _route(self, msg: Message, now_ns: int) -> list[SyncedFrame]:
+        self.stats.messages += 1
+        if isinstance(msg, GroundTruthBoxes):
+            self.stats.ground_truth += 1
+            if self.on_ground_truth:
+                self.on_ground_truth(msg)
+            return []
+        return self.sync.push(msg, now_ns)
+
+    def run(self) -> RunStats:
+        t0 = time.perf_counter()
+        try:
+            if self.realtime:
+                self._run_realtime()
+            else:
+                self._run_virtual()
+        finally:
+            for s in self.sinks:
+                s.close()
+            self.stats.wall_s = time.perf_counter() - t0
+        return self.stats
+
+    # ------------------------------------------------------------------ virtual clock
+    def _run_virtual(self) -> None:
+        for msg in self.messages:
+            now = msg.stamp_ns
+            for frame in self._route(msg, now):
+                self._virtual_frame(frame, now)
+        for frame in self.sync.flush():
+            self._virtual_frame(frame, frame.stamp_ns)
+
+    def _virtual_frame(self, frame: SyncedFrame, formed_ns: int) -> None:
+        start = time.perf_counter_ns()
+        # Source clock: the frame left the synchroniser at formed_ns; processing takes real wall time.
+        self._process(frame, lambda: formed_ns + (time.perf_counter_ns() - start))
+
+    # ------------------------------------------------------------------ real time
+    def _run_realtime(self) -> None:
+        first: list[int] = []
+        wall0 = time.perf_counter_ns()
+
+        def clock() -> int:  # source clock now
+            return first[0] + int((time.perf_counter_ns() - wall0) * self.speed) if first else 0
+
+        mailbox: list[SyncedFrame] = []
+        dropped = [0]  # frames replaced in the mailbox, counted into the log by this (the pipeline) thread
+        cond = threading.Condition()
+        done = threading.Event()
+        error: list[BaseException] = []
+
+        def post(frames: list[SyncedFrame]) -> None:
+            if not frames:
+                return
+            with cond:
+                dropped[0] += len(mailbox) + len(frames) - 1
+                mailbox[:] = frames[-1:]
+                cond.notify()
+
+        def feed() -> None:
+            nonlocal wall0
+            try:
+                for msg in self.messages:
+                    if not first:
+                        first.append(msg.stamp_ns)
+                        wall0 = time.perf_counter_ns()
+                    wait_ns = (msg.stamp_ns - clock()) / self.speed
+                    if wait_ns > 0:
+                        time.sleep(wait_ns / 1e9)
+                    with cond:
+                        frames = self._route(msg, max(clock(), msg.stamp_ns))
+                    post(frames)
+                    with cond:
+                        frames = self.sync.poll(clock())
+                    post(frames)
+                with cond:
+                    frames = self.sync.flush()
+                post(frames)
+            except BaseException as e:  # noqa: BLE001 - handed to the main thread
+                error.append(e)
+            finally:
+                done.set()
+                with cond:
+                    cond.notify()
+
+        feeder = threading.Thread(target=feed, name="source", daemon=True)
+        feeder.start()
+        while True:
+            with cond:
+                while not mailbox and not done.is_set():
+                    cond.wait(0.05)
+                    if not mailbox and first:
+                        # A silent sensor must not stall output: let the synchroniser time frames out.
+                        frames = self.sync.poll(clock())
+                        if frames:
+                            dropped[0] += len(mailbox) + len(frames) - 1
+                            mailbox[:] = frames[-1:]
+                n_dropped, dropped[0] = dropped[0], 0
+                if not mailbox and done.is_set():
+                    frame = None
+                else:
+                    frame = mailbox.pop()
+            if n_dropped:
+                self.latency.add_dropped(n_dropped)
+            if frame is None:
+                break
+            if clock() - frame.stamp_ns > self.deadline_ns:
+                self.latency.add_dropped()
+                continue
+            self._process(frame, clock)
+        feeder.join()
+        if error:
+            raise error[0]

@@ -1,0 +1,621 @@
+"""The hot kernels of the detection pipeline: pillarization, lift-splat BEV pooling, heatmap peaks, circle NMS.
+
+Every kernel is a numba function compiled with ``nogil=True`` (the pipeline may run stages on threads) and
+``cache=True``, behind a thin Python wrapper that checks shapes and dtypes and raises ``ValueError`` naming
+the argument that is wrong. Each has a plain-numpy ``*_reference`` twin with the same signature; the tests
+require the two to agree bit for bit, so both follow the same arithmetic (same float32 operations, same
+float64 accumulation order).
+
+Grid convention (:class:`perception.bev.BevGrid`): linear cell index ``iy * nx + ix``; BEV maps are
+``(C, ny, nx)``. A point's cell is found exactly as spconv's ``PointToVoxel`` finds it, in float32:
+``ix = floor((x - x_min) / cell)``, ``iy = floor((y - y_min) / cell)`` and one z slab
+``floor((z - z_min) / (z_max - z_min))``; the point is kept when ``0 <= ix < nx``, ``0 <= iy < ny`` and the
+z slab is 0. Written as ``q >= 0 and q < n`` on the float quotient, so NaN and inf coordinates are dropped.
+
+Speed notes:
+- Pillarization writes each kept point's output row once. A fixed (P, M, C+5) output is mostly empty
+  (most pillars hold far fewer than M points), so zeroing it dominates the cost: spconv's PointToVoxel
+  clears its whole buffer on every call. :class:`Pillarizer` owns its output buffers and, because it knows
+  what its previous call wrote, clears only the rows that call filled and this one does not. The plain
+  :func:`pillarize` writes into any caller buffer and therefore has to clear all of it.
+- :class:`BevPoolPlan` sorts the frustum points by BEV cell once (the camera geometry is static); pooling
+  then sums each cell's points in registers and writes each output value once.
+"""
+
+from __future__ import annotations
+
+import numba as nb
+import numpy as np
+
+from perception.bev import BevGrid
+
+N_DERIVED = 5  # x - mean_x, y - mean_y, z - mean_z, x - cell_center_x, y - cell_center_y
+
+
+# ============================================================================================ pillarize
+def _grid_scalars(grid: BevGrid) -> tuple:
+    """float32 grid constants shared by the numba kernel and the numpy reference (same rounding in both)."""
+    cx, cy = grid.cell_centers()
+    return (np.float32(grid.x_min), np.float32(grid.y_min), np.float32(grid.z_min), np.float32(grid.cell),
+            np.float32(grid.z_max - grid.z_min), grid.nx, grid.ny,
+            cx.astype(np.float32), cy.astype(np.float32))
+
+
+def _check_pillar_buffers(where: str, points: np.ndarray, grid: BevGrid, out_features: np.ndarray,
+                          out_index: np.ndarray, out_npoints: np.ndarray) -> None:
+    if not isinstance(grid, BevGrid):
+        raise ValueError(f"{where}: grid must be a BevGrid, got {type(grid).__name__}")
+    if not isinstance(points, np.ndarray) or points.ndim != 2 or points.shape[1] < 3 or points.dtype != np.float32:
+        raise ValueError(f"{where}: points must be (N, C>=3) float32 (x y z [m] then features), got "
+                         f"{getattr(points, 'shape', None)} {getattr(points, 'dtype', type(points).__name__)}")
+    c = points.shape[1]
+    if (not isinstance(out_features, np.ndarray) or out_features.ndim != 3 or out_features.dtype != np.float32
+            or out_features.shape[2] != c + N_DERIVED or not out_features.flags.c_contiguous
+            or not out_features.flags.writeable):
+        raise ValueError(f"{where}: out_features must be a writeable C-contiguous (P, M, {c + N_DERIVED}) float32 "
+                         f"array for {c}-column points, got {getattr(out_features, 'shape', None)} "
+                         f"{getattr(out_features, 'dtype', None)}")
+    p, m = out_features.shape[:2]
+    if p < 1 or m < 1:
+        raise ValueError(f"{where}: out_features needs P >= 1 pillars and M >= 1 points, got shape {out_features.shape}")
+    for name, arr, dt in (("out_index", out_index, np.int64), ("out_npoints", out_npoints, np.int32)):
+        if (not isinstance(arr, np.ndarray) or arr.shape != (p,) or arr.dtype != dt or not arr.flags.c_contiguous
+                or not arr.flags.writeable):
+            raise ValueError(f"{where}: {name} must be a writeable contiguous ({p},) {np.dtype(dt).name} array, got "
+                             f"{getattr(arr, 'shape', None)} {getattr(arr, 'dtype', None)}")
+
+
+@nb.njit(nogil=True, cache=True)
+def _pillarize_kernel(points, x_min, y_min, z_min, cell, z_size, nx, ny, cx, cy,
+                      out_features, out_index, out_npoints,
+                      cell_to_pillar, sums, means, point_pillar, point_slot, dirty):
+    """Fill the outputs; return the pillar count.
+
+    Scratch: cell_to_pillar (n_cells,) int32 must be all -1 on entry and is all -1 again on exit (only the
+    touched cells are reset); sums (P, 3) float64, means (P, 3) float32, point_pillar/point_slot (>= N,)
+    int32 are overwritten; dirty (P,) int32 holds, per pillar, how many leading rows of out_features may be
+    non-zero on entry, and holds the same for the new contents on exit.
+    """
+    n_points, n_cols = points.shape
+    max_pillars, max_points = out_features.shape[0], out_features.shape[1]
+    n_cells = nx * ny
+    n = 0
+    # Pass 1: cell, pillar and slot of every point (pillars numbered by first appearance), float64 sums.
+    for i in range(n_points):
+        qx = (points[i, 0] - x_min) / cell
+        qy = (points[i, 1] - y_min) / cell
+        qz = (points[i, 2] - z_min) / z_size
+        if not (qx >= 0 and qx < nx and qy >= 0 and qy < ny and qz >= 0 and qz < 1):
+            point_pillar[i] = -1
+            continue
+        c = int(qy) * nx + int(qx)
+        p = cell_to_pillar[c]
+        if p < 0:
+            if n >= max_pillars:
+                point_pillar[i] = -1
+                continue
+            p = n
+            n += 1
+            cell_to_pillar[c] = p
+            out_index[p] = c
+            out_npoints[p] = 0
+            sums[p, 0] = 0.0
+            sums[p, 1] = 0.0
+            sums[p, 2] = 0.0
+        k = out_npoints[p]
+        if k >= max_points:
+            point_pillar[i] = -1
+            continue
+        out_npoints[p] = k + 1
+        point_pillar[i] = p
+        point_slot[i] = k
+        sums[p, 0] += points[i, 0]
+        sums[p, 1] += points[i, 1]
+        sums[p, 2] += points[i, 2]
+    for p in range(n):
+        cnt = out_npoints[p]
+        means[p, 0] = np.float32(sums[p, 0] / cnt)
+        means[p, 1] = np.float32(sums[p, 1] / cnt)
+        means[p, 2] = np.float32(sums[p, 2] / cnt)
+        cell_to_pillar[out_index[p]] = -1
+    # Pass 2: write every kept point's full row once.
+    for i in range(n_points):
+        p = point_pillar[i]
+        if p < 0:
+            continue
+        k = point_slot[i]
+        c = out_index[p]
+        x = points[i, 0]
+        y = points[i, 1]
+        z = points[i, 2]
+        for j in range(n_cols):
+            out_features[p, k, j] = points[i, j]
+        out_features[p, k, n_cols] = x - means[p, 0]
+        out_features[p, k, n_cols + 1] = y - means[p, 1]
+        out_features[p, k, n_cols + 2] = z - means[p, 2]
+        out_features[p, k, n_cols + 3] = x - cx[c % nx]
+        out_features[p, k, n_cols + 4] = y - cy[c // nx]
+    # Clear what an earlier fill left beyond the new contents; mark the empty pillars.
+    for p in range(max_pillars):
+        lo = out_npoints[p] if p < n else 0
+        for k in range(lo, dirty[p]):
+            for j in range(out_features.shape[2]):
+                out_features[p, k, j] = 0.0
+        dirty[p] = lo
+        if p >= n:
+            out_index[p] = n_cells
+            out_npoints[p] = 0
+    return n
+
+
+class Pillarizer:
+    """Pillarization with scratch and output buffers kept between calls (the pipeline's hot path).
+
+    Same result as :func:`pillarize`, written into buffers this object owns: ``features`` (P, M, C+5) float32,
+    ``index`` (P,) int64 and ``npoints`` (P,) int32. They stay valid until the next call, which overwrites
+    them; callers read them (``torch.from_numpy`` views are fine) and must not write into them, because a
+    call clears only the rows its predecessor filled. One instance is not safe to call from two threads at
+    once; instances are independent (the kernel releases the GIL).
+
+    Args:
+        grid: the BEV grid (one pillar per cell).
+        n_features: C, columns per input point (x y z + extras), >= 3.
+        max_pillars: P; pillars beyond it are dropped. max_points: M; points beyond it per pillar are dropped.
+    """
+
+    def __init__(self, grid: BevGrid, n_features: int, max_pillars: int, max_points: int):
+        if n_features < 3 or max_pillars < 1 or max_points < 1:
+            raise ValueError(f"Pillarizer: need n_features >= 3, max_pillars >= 1, max_points >= 1; got "
+                             f"{n_features}, {max_pillars}, {max_points}")
+        self.grid = grid
+        self.n_features = n_features
+        self.features = np.zeros((max_pillars, max_points, n_features + N_DERIVED), np.float32)
+        self.index = np.full(max_pillars, grid.n_cells, np.int64)
+        self.npoints = np.zeros(max_pillars, np.int32)
+        self._consts = _grid_scalars(grid)
+        self._cell_to_pillar = np.full(grid.n_cells, -1, np.int32)
+        self._sums = np.zeros((max_pillars, 3), np.float64)
+        self._means = np.zeros((max_pillars, 3), np.float32)
+        self._dirty = np.zeros(max_pillars, np.int32)
+        self._point_pillar = np.zeros(0, np.int32)
+        self._point_slot = np.zeros(0, np.int32)
+
+    def __call__(self, points: np.ndarray) -> int:
+        """Pillarize ``points`` ((N, C) float32, x y z [m] ego frame then C-3 features) into ``features``,
+        ``index``, ``npoints``; returns the number of pillars filled (see :func:`pillarize`)."""
+        _check_pillar_buffers("Pillarizer", points, self.grid, self.features, self.index, self.npoints)
+        if points.shape[1] != self.n_features:
+            raise ValueError(f"Pillarizer: built for {self.n_features}-column points, got {points.shape[1]} columns")
+        points = np.ascontiguousarray(points)
+        if len(points) > len(self._point_pillar):
+            cap = max(len(points), 2 * len(self._point_pillar), 1024)
+            self._point_pillar = np.empty(cap, np.int32)
+            self._point_slot = np.empty(cap, np.int32)
+        return int(_pillarize_kernel(points, *self._consts, self.features, self.index, self.npoints,
+                                     self._cell_to_pillar, self._sums, self._means, self._point_pillar,
+                                     self._point_slot, self._dirty))
+
+
+def pillarize(points: np.ndarray, grid: BevGrid, out_features: np.ndarray, out_index: np.ndarray,
+              out_npoints: np.ndarray) -> int:
+    """Group points into BEV pillars (one pillar per grid cell) with PointPillars' per-point features.
+
+    Args:
+        points: (N, C) float32, columns x y z [m] in the ego frame, then C-3 feature columns (LiDAR:
+            intensity, time lag [s]; radar: vx, vy, rcs, time lag). Points outside the grid in x, y or z
+            (NaN and inf included) are dropped.
+        grid: the BEV grid; a pillar is one cell.
+        out_features: (P, M, C+5) float32, filled: per kept point its C input columns, then x - mean_x,
+            y - mean_y, z - mean_z (mean over the pillar's kept points, summed in float64), then
+            x - cell_center_x, y - cell_center_y [m]. Rows past a pillar's point count and pillars past the
+            returned count are zero.
+        out_index: (P,) int64, linear cell index ``iy * nx + ix`` per pillar; ``grid.n_cells`` past the count.
+        out_npoints: (P,) int32, points kept per pillar; 0 past the count.
+    Returns:
+        the number of pillars, <= P. Pillars are numbered in order of the first appearance of a point in
+        ``points`` (as spconv's PointToVoxel numbers voxels); points beyond M in a pillar and pillars beyond
+        P are dropped.
+
+    Clears all of ``out_features`` on every call; :class:`Pillarizer` avoids that and is the faster choice
+    when the same buffers are reused frame after frame.
+    """
+    _check_pillar_buffers("pillarize", points, grid, out_features, out_index, out_npoints)
+    points = np.ascontiguousarray(points)
+    p, m = out_features.shape[:2]
+    n = len(points)
+    return int(_pillarize_kernel(points, *_grid_scalars(grid), out_features, out_index, out_npoints,
+                                 np.full(grid.n_cells, -1, np.int32), np.empty((p, 3), np.float64),
+                                 np.empty((p, 3), np.float32), np.empty(n, np.int32), np.empty(n, np.int32),
+                                 np.full(p, m, np.int32)))
+
+
+def pillarize_reference(points: np.ndarray, grid: BevGrid, out_features: np.ndarray, out_index: np.ndarray,
+                        out_npoints: np.ndarray) -> int:
+    """:func:`pillarize` in plain numpy (same arguments, same result bit for bit)."""
+    _check_pillar_buffers("pillarize_reference", points, grid, out_features, out_index, out_npoints)
+    x_min, y_min, z_min, cell, z_size, nx, ny, cx, cy = _grid_scalars(grid)
+    max_pillars, max_points, _ = out_features.shape
+    n_cols = points.shape[1]
+    out_features[:] = 0
+    out_index[:] = grid.n_cells
+    out_npoints[:] = 0
+    qx = (points[:, 0] - x_min) / cell
+    qy = (points[:, 1] - y_min) / cell
+    qz = (points[:, 2] - z_min) / z_size
+    inside = (qx >= 0) & (qx < nx) & (qy >= 0) & (qy < ny) & (qz >= 0) & (qz < 1)
+    idx = np.flatnonzero(inside)
+    if len(idx) == 0:
+        return 0
+    ix = qx[idx].astype(np.int64)
+    iy = qy[idx].astype(np.int64)
+    cells = iy * nx + ix
+    # Pillar number = rank of the cell's first appearance.
+    uniq, first, inverse = np.unique(cells, return_index=True, return_inverse=True)
+    by_first = np.argsort(first)
+    rank = np.empty(len(uniq), np.int64)
+    rank[by_first] = np.arange(len(uniq))
+    pillar = rank[inverse]
+    # Slot = how many earlier points share the pillar.
+    order = np.argsort(pillar, kind="stable")
+    counts = np.bincount(pillar, minlength=len(uniq))
+    starts = np.cumsum(counts) - counts
+    slot = np.empty(len(pillar), np.int64)
+    slot[order] = np.arange(len(pillar)) - starts[pillar[order]]
+    keep = (pillar < max_pillars) & (slot < max_points)
+    kp, ks, ki = pillar[keep], slot[keep], idx[keep]
+    n = min(len(uniq), max_pillars)
+    cnt = np.bincount(kp, minlength=n)
+    # bincount accumulates in float64 in point order, as the kernel does.
+    means = np.stack([(np.bincount(kp, weights=points[ki, a], minlength=n) / cnt).astype(np.float32)
+                      for a in range(3)], axis=1)
+    kept = points[ki]
+    out_features[kp, ks, :n_cols] = kept
+    for a in range(3):
+        out_features[kp, ks, n_cols + a] = kept[:, a] - means[kp, a]
+    out_features[kp, ks, n_cols + 3] = kept[:, 0] - cx[ix[keep]]
+    out_features[kp, ks, n_cols + 4] = kept[:, 1] - cy[iy[keep]]
+    out_index[:n] = uniq[by_first[:n]]
+    out_npoints[:n] = cnt
+    return n
+
+
+# ============================================================================================ bev_pool
+def _check_bev_pool(where: str, depth: np.ndarray, feats: np.ndarray, cell_index: np.ndarray | None,
+                    out: np.ndarray, geometry: tuple[int, int, int, int] | None = None) -> None:
+    if not isinstance(depth, np.ndarray) or depth.ndim != 4 or depth.dtype != np.float32:
+        raise ValueError(f"{where}: depth must be (Ncam, D, h, w) float32, got {getattr(depth, 'shape', None)} "
+                         f"{getattr(depth, 'dtype', None)}")
+    ncam, d, h, w = depth.shape
+    if geometry is not None and depth.shape != geometry:
+        raise ValueError(f"{where}: depth shape {depth.shape} differs from the plan's frustum {geometry}")
+    if (not isinstance(feats, np.ndarray) or feats.ndim != 4 or feats.dtype != np.float32
+            or feats.shape[0] != ncam or feats.shape[2:] != (h, w)):
+        raise ValueError(f"{where}: feats must be ({ncam}, C, {h}, {w}) float32 to match depth, got "
+                         f"{getattr(feats, 'shape', None)} {getattr(feats, 'dtype', None)}")
+    if cell_index is not None and (not isinstance(cell_index, np.ndarray) or cell_index.shape != depth.shape
+                                   or cell_index.dtype != np.int64):
+        raise ValueError(f"{where}: cell_index must be {depth.shape} int64 like depth, got "
+                         f"{getattr(cell_index, 'shape', None)} {getattr(cell_index, 'dtype', None)}")
+    c = feats.shape[1]
+    if (not isinstance(out, np.ndarray) or out.ndim != 2 or out.shape[0] != c or out.dtype != np.float32
+            or not out.flags.c_contiguous or not out.flags.writeable):
+        raise ValueError(f"{where}: out must be a writeable C-contiguous ({c}, n_cells) float32 array, got "
+                         f"{getattr(out, 'shape', None)} {getattr(out, 'dtype', None)}")
+
+
+@nb.njit(nogil=True, cache=True)
+def _bev_pool_kernel(depth, feats, cell_index, out, acc):
+    """Channel-major scatter: one float64 accumulator row per channel (acc: (n_cells,) float64 scratch).
+
+    Returns the number of cell indices >= n_cells or < -1 (invalid; then out is unspecified)."""
+    ncam, nd, h, w = depth.shape
+    nc, n_cells = out.shape
+    hw = h * w
+    bad = 0
+    dflat = depth.reshape(ncam, nd, hw)
+    ffl = feats.reshape(ncam, nc, hw)
+    iflat = cell_index.reshape(ncam, nd, hw)
+    for n in range(ncam):
+        for d in range(nd):
+            for i in range(hw):
+                cc = iflat[n, d, i]
+                if cc >= n_cells or cc < -1:
+                    bad += 1
+    if bad:
+        return bad
+    for c in range(nc):
+        acc[:] = 0.0
+        for n in range(ncam):
+            for d in range(nd):
+                for i in range(hw):
+                    cc = iflat[n, d, i]
+                    if cc >= 0:
+                        acc[cc] += dflat[n, d, i] * ffl[n, c, i]
+        for j in range(n_cells):
+            out[c, j] = np.float32(acc[j])
+    return 0
+
+
+def bev_pool(depth: np.ndarray, feats: np.ndarray, cell_index: np.ndarray, out: np.ndarray) -> None:
+    """Lift-splat sum pooling of camera frustum features into the BEV grid (as in LSS / BEVFusion).
+
+    Args:
+        depth: (Ncam, D, h, w) float32, per-pixel depth-bin weights.
+        feats: (Ncam, C, h, w) float32 image features.
+        cell_index: (Ncam, D, h, w) int64, linear BEV cell (``iy * nx + ix``) of each frustum point; -1 =
+            outside the grid.
+        out: (C, n_cells) float32, overwritten: ``out[c, cell] = sum depth[n,d,y,x] * feats[n,c,y,x]`` over
+            the frustum points in that cell (each product in float32, summed in float64 in (n, d, y, x)
+            order, rounded to float32 once). View it as (C, ny, nx).
+    Raises:
+        ValueError: mismatched shapes or dtypes, or a cell index outside [-1, n_cells).
+
+    For a static rig, :class:`BevPoolPlan` sorts the frustum once and pools faster.
+    """
+    _check_bev_pool("bev_pool", depth, feats, cell_index, out)
+    depth, feats, cell_index = (np.ascontiguousarray(a) for a in (depth, feats, cell_index))
+    bad = _bev_pool_kernel(depth, feats, cell_index, out, np.empty(out.shape[1], np.float64))
+    if bad:
+        raise ValueError(f"bev_pool: {bad} cell_index values outside [-1, {out.shape[1]})")
+
+
+def bev_pool_reference(depth: np.ndarray, feats: np.ndarray, cell_index: np.ndarray, out: np.ndarray) -> None:
+    """:func:`bev_pool` in plain numpy (same arguments, same result bit for bit)."""
+    _check_bev_pool("bev_pool_reference", depth, feats, cell_index, out)
+    nc, n_cells = out.shape
+    if cell_index.size and (cell_index.max() >= n_cells or cell_index.min() < -1):
+        bad = int(np.count_nonzero((cell_index >= n_cells) | (cell_index < -1)))
+        raise ValueError(f"bev_pool_reference: {bad} cell_index values outside [-1, {n_cells})")
+    ncam, nd, h, w = depth.shape
+    valid = cell_index >= 0
+    cells = cell_index[valid]
+    cam, _, yy, xx = np.nonzero(valid)  # (n, d, y, x) order, the same order the kernel sums in
+    wts = depth[valid]
+    for c in range(nc):
+        # float32 products; bincount sums them in float64 in index order.
+        out[c] = np.bincount(cells, weights=wts * feats[cam, c, yy, xx], minlength=n_cells)
+
+
+@nb.njit(nogil=True, cache=True)
+def _bev_pool_plan_kernel(depth, feats, point_depth, point_pixel, point_cam, starts, cells, out, feats_t, acc):
+    """Interval pooling: for each occupied cell sum its (sorted) frustum points in float64 registers.
+
+    feats_t: (Ncam, h*w, C) float32 scratch (channels-last copy so the inner loop is contiguous);
+    acc: (C,) float64 scratch."""
+    ncam, nc, h, w = feats.shape
+    hw = h * w
+    ffl = feats.reshape(ncam, nc, hw)
+    dfl = depth.reshape(-1)
+    for n in range(ncam):
+        for c in range(nc):
+            for i in range(hw):
+                feats_t[n, i, c] = ffl[n, c, i]
+    out[:] = 0.0
+    for k in range(len(cells)):
+        acc[:] = 0.0
+        for j in range(starts[k], starts[k + 1]):
+            wgt = dfl[point_depth[j]]
+            f = feats_t[point_cam[j], point_pixel[j]]
+            for c in range(nc):
+                acc[c] += wgt * f[c]
+        cell = cells[k]
+        for c in range(nc):
+            out[c, cell] = np.float32(acc[c])
+
+
+class BevPoolPlan:
+    """:func:`bev_pool` for a fixed ``cell_index`` (static camera geometry): the frustum points are sorted by
+    BEV cell once here, so each call sums every occupied cell's points in registers.
+
+    Args:
+        cell_index: (Ncam, D, h, w) int64 linear BEV cell per frustum point, -1 = outside the grid.
+        n_cells: cells of the BEV grid (``grid.n_cells``); out of ``__call__`` is (C, n_cells).
+    Raises:
+        ValueError: wrong dtype/shape or a cell index outside [-1, n_cells).
+    """
+
+    def __init__(self, cell_index: np.ndarray, n_cells: int):
+        if not isinstance(cell_index, np.ndarray) or cell_index.ndim != 4 or cell_index.dtype != np.int64:
+            raise ValueError(f"BevPoolPlan: cell_index must be (Ncam, D, h, w) int64, got "
+                             f"{getattr(cell_index, 'shape', None)} {getattr(cell_index, 'dtype', None)}")
+        bad = int(np.count_nonzero((cell_index >= n_cells) | (cell_index < -1)))
+        if bad:
+            raise ValueError(f"BevPoolPlan: {bad} cell_index values outside [-1, {n_cells})")
+        self.shape = tuple(cell_index.shape)
+        self.n_cells = int(n_cells)
+        ncam, nd, h, w = self.shape
+        flat = cell_index.reshape(-1)
+        valid = np.flatnonzero(flat >= 0)
+        # Stable: within a cell the points keep (n, d, y, x) order, the order bev_pool sums in.
+        order = valid[np.argsort(flat[valid], kind="stable")]
+        sorted_cells = flat[order]
+        bounds = np.flatnonzero(np.diff(sorted_cells)) + 1
+        self.cells = sorted_cells[np.concatenate([[0], bounds])] if len(order) else np.zeros(0, np.int64)
+        self.starts = np.concatenate([[0], bounds, [len(order)]]).astype(np.int64) if len(order) else np.zeros(1, np.int64)
+        self.point_depth = order.astype(np.int64)
+        self.point_cam = (order // (nd * h * w)).astype(np.int64)
+        self.point_pixel = (order % (h * w)).astype(np.int64)
+
+    def __call__(self, depth: np.ndarray, feats: np.ndarray, out: np.ndarray) -> None:
+        """Same as ``bev_pool(depth, feats, cell_index, out)`` with the plan's cell_index (same result bit
+        for bit). Allocates a small channels-last copy of ``feats`` per call."""
+        _check_bev_pool("BevPoolPlan", depth, feats, None, out, self.shape)
+        if out.shape[1] != self.n_cells:
+            raise ValueError(f"BevPoolPlan: out has {out.shape[1]} cells, the plan was built for {self.n_cells}")
+        depth, feats = np.ascontiguousarray(depth), np.ascontiguousarray(feats)
+        ncam, nc, h, w = feats.shape
+        _bev_pool_plan_kernel(depth, feats, self.point_depth, self.point_pixel, self.point_cam, self.starts,
+                              self.cells, out, np.empty((ncam, h * w, nc), np.float32), np.empty(nc, np.float64))
+
+
+# ============================================================================================ heatmap peaks
+def _check_heat(where: str, heat: np.ndarray, top_k: int) -> None:
+    if not isinstance(heat, np.ndarray) or heat.ndim != 3 or heat.dtype != np.float32:
+        raise ValueError(f"{where}: heat must be (K, H, W) float32, got {getattr(heat, 'shape', None)} "
+                         f"{getattr(heat, 'dtype', None)}")
+    if int(top_k) < 0:
+        raise ValueError(f"{where}: top_k must be >= 0, got {top_k}")
+
+
+@nb.njit(nogil=True, cache=True)
+def _heatmap_peaks_kernel(heat, threshold, top_k):
+    nk, nh, nw = heat.shape
+    flat = np.empty(nk * nh * nw, np.int64)
+    score = np.empty(nk * nh * nw, np.float32)
+    m = 0
+    for k in range(nk):
+        for y in range(nh):
+            y0 = max(y - 1, 0)
+            y1 = min(y + 2, nh)
+            for x in range(nw):
+                v = heat[k, y, x]
+                if not (v >= threshold):
+                    continue
+                x0 = max(x - 1, 0)
+                x1 = min(x + 2, nw)
+                peak = True
+                for yy in range(y0, y1):
+                    for xx in range(x0, x1):
+                        if not (v >= heat[k, yy, xx]):  # NaN in the neighbourhood: no peak
+                            peak = False
+                if peak:
+                    flat[m] = (k * nh + y) * nw + x
+                    score[m] = v
+                    m += 1
+    # Candidates are in (label, iy, ix) order; a stable sort by descending score keeps that for ties.
+    order = np.argsort(-score[:m], kind="mergesort")
+    r = min(m, top_k)
+    labels = np.empty(r, np.int32)
+    iy = np.empty(r, np.int32)
+    ix = np.empty(r, np.int32)
+    scores = np.empty(r, np.float32)
+    for j in range(r):
+        f = flat[order[j]]
+        labels[j] = f // (nh * nw)
+        iy[j] = (f // nw) % nh
+        ix[j] = f % nw
+        scores[j] = score[order[j]]
+    return labels, iy, ix, scores
+
+
+def heatmap_peaks(heat: np.ndarray, threshold: float, top_k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Local maxima of a class heatmap (CenterPoint-style decoding without the max-pool tensor).
+
+    Args:
+        heat: (K, H, W) float32 class probabilities on the head's BEV grid (row = y index, column = x index).
+        threshold: minimum score of a peak.
+        top_k: at most this many peaks are returned (over all classes).
+    Returns:
+        (labels int32, iy int32, ix int32, scores float32), each (R,), R <= top_k: the cells whose value is
+        >= threshold and equals the maximum of its 3x3 neighbourhood in the same class (neighbourhood clipped
+        at the borders; plateaus give several peaks; a NaN neighbour disqualifies), sorted by score
+        descending, ties by (label, iy, ix) ascending.
+    """
+    _check_heat("heatmap_peaks", heat, top_k)
+    return _heatmap_peaks_kernel(np.ascontiguousarray(heat), np.float32(threshold), int(top_k))
+
+
+def heatmap_peaks_reference(heat: np.ndarray, threshold: float, top_k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """:func:`heatmap_peaks` in plain numpy (same arguments, same result)."""
+    _check_heat("heatmap_peaks_reference", heat, top_k)
+    nk, nh, nw = heat.shape
+    padded = np.pad(heat, ((0, 0), (1, 1), (1, 1)), constant_values=-np.inf)
+    mx = heat.copy()
+    for dy in range(3):
+        for dx in range(3):
+            mx = np.maximum(mx, padded[:, dy:dy + nh, dx:dx + nw])  # propagates NaN
+    is_peak = (heat == mx) & (heat >= np.float32(threshold))
+    k, y, x = np.nonzero(is_peak)  # (label, iy, ix) order
+    s = heat[k, y, x]
+    order = np.argsort(-s, kind="stable")[:int(top_k)]
+    return k[order].astype(np.int32), y[order].astype(np.int32), x[order].astype(np.int32), s[order].astype(np.float32)
+
+
+# ============================================================================================ circle NMS
+def _check_nms(where: str, xy: np.ndarray, scores: np.ndarray, labels: np.ndarray, radius_per_class: np.ndarray) -> None:
+    if not isinstance(xy, np.ndarray) or xy.ndim != 2 or xy.shape[1] != 2 or xy.dtype != np.float32:
+        raise ValueError(f"{where}: xy must be (N, 2) float32, got {getattr(xy, 'shape', None)} {getattr(xy, 'dtype', None)}")
+    n = len(xy)
+    if not isinstance(scores, np.ndarray) or scores.shape != (n,) or scores.dtype != np.float32:
+        raise ValueError(f"{where}: scores must be ({n},) float32, got {getattr(scores, 'shape', None)} "
+                         f"{getattr(scores, 'dtype', None)}")
+    if np.isnan(scores).any():
+        raise ValueError(f"{where}: scores contain NaN")
+    if (not isinstance(radius_per_class, np.ndarray) or radius_per_class.ndim != 1
+            or radius_per_class.dtype != np.float32):
+        raise ValueError(f"{where}: radius_per_class must be (K,) float32, got "
+                         f"{getattr(radius_per_class, 'shape', None)} {getattr(radius_per_class, 'dtype', None)}")
+    if not isinstance(labels, np.ndarray) or labels.shape != (n,) or labels.dtype != np.int32:
+        raise ValueError(f"{where}: labels must be ({n},) int32, got {getattr(labels, 'shape', None)} "
+                         f"{getattr(labels, 'dtype', None)}")
+    if n and (labels.min() < 0 or labels.max() >= len(radius_per_class)):
+        raise ValueError(f"{where}: labels must lie in [0, {len(radius_per_class)}) (one radius per class), got "
+                         f"[{labels.min()}, {labels.max()}]")
+
+
+@nb.njit(nogil=True, cache=True)
+def _circle_nms_kernel(xy, scores, labels, radius_per_class):
+    n = len(scores)
+    order = np.argsort(-scores, kind="mergesort")
+    keep = np.empty(n, np.int64)
+    m = 0
+    for a in range(n):
+        i = order[a]
+        lab = labels[i]
+        r = radius_per_class[lab]
+        suppressed = False
+        if r > 0:
+            r2 = r * r
+            x = xy[i, 0]
+            y = xy[i, 1]
+            for b in range(m):
+                j = keep[b]
+                if labels[j] == lab:
+                    dx = x - xy[j, 0]
+                    dy = y - xy[j, 1]
+                    if dx * dx + dy * dy < r2:
+                        suppressed = True
+                        break
+        if not suppressed:
+            keep[m] = i
+            m += 1
+    return keep[:m].copy()
+
+
+def circle_nms(xy: np.ndarray, scores: np.ndarray, labels: np.ndarray, radius_per_class: np.ndarray) -> np.ndarray:
+    """Greedy per-class suppression by centre distance (CenterPoint's circle NMS).
+
+    Args:
+        xy: (N, 2) float32 box centres [m] (ego frame).
+        scores: (N,) float32 (no NaN). labels: (N,) int32 in [0, K).
+        radius_per_class: (K,) float32 [m]; <= 0 turns suppression off for that class.
+    Returns:
+        (R,) int64 indices of the kept boxes in descending score order (ties by index). Boxes are visited in
+        that order; one is dropped when a kept box of its class lies closer than the class radius
+        (``dx*dx + dy*dy < r*r`` in float32).
+    """
+    _check_nms("circle_nms", xy, scores, labels, radius_per_class)
+    return _circle_nms_kernel(np.ascontiguousarray(xy), np.ascontiguousarray(scores), np.ascontiguousarray(labels),
+                              np.ascontiguousarray(radius_per_class))
+
+
+def circle_nms_reference(xy: np.ndarray, scores: np.ndarray, labels: np.ndarray, radius_per_class: np.ndarray) -> np.ndarray:
+    """:func:`circle_nms` in plain numpy (same arguments, same result)."""
+    _check_nms("circle_nms_reference", xy, scores, labels, radius_per_class)
+    n = len(scores)
+    order = np.argsort(-scores, kind="stable")
+    kept_xy = np.empty((n, 2), np.float32)
+    kept_label = np.empty(n, np.int32)
+    keep = []
+    for i in order:
+        lab = labels[i]
+        r = radius_per_class[lab]
+        if r > 0:
+            same = kept_label[:len(keep)] == lab
+            d = xy[i] - kept_xy[:len(keep)][same]
+            if np.any(d[:, 0] * d[:, 0] + d[:, 1] * d[:, 1] < r * r):
+                continue
+        kept_xy[len(keep)] = xy[i]
+        kept_label[len(keep)] = lab
+        keep.append(i)
+    return np.asarray(keep, np.int64)

@@ -1,0 +1,243 @@
+"""Where data is fused: the straight-line :class:`Pipeline` and :func:`build_pipeline`.
+
+``Pipeline.__call__(frame) -> Detections3D`` runs one stage per line, each timed by a
+:class:`~perception.timing.StageTimer` (a no-op when timing is off):
+
+    align (frontend) -> pillarize -> camera_net -> bev_pool -> bev_net -> decode -> siren
+
+Static geometry (the camera frustum -> BEV cell plan) is computed once from the rig at construction; every
+per-frame buffer (pillars, pooled camera features) is allocated once and reused.
+``build_pipeline`` is the one function that turns a config into objects.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal, Optional
+
+import numpy as np
+
+from calibration.rig import Rig
+from calibration.yamlconf import load_yaml_file
+from perception.decode import DecodeConfig, Decoder, Detections3D
+from perception.frontend import FrameInputs, Frontend, FrontendConfig
+from perception.models.networks import LIDAR_POINT_COLUMNS, RADAR_POINT_COLUMNS, NetworkConfig
+from perception.sync import SyncedFrame
+from perception.timing import StageTimer
+
+log = logging.getLogger(__name__)
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@dataclass(frozen=True)
+class PipelineConfig:
+    """Everything a replay or live run needs besides the rig (``configs/pipeline_*.yaml``, flat).
+
+    Args:
+        checkpoint: detector checkpoint (``perception train`` output); relative paths are tried against the
+            working directory, then the project folder.
+        siren_checkpoint: siren detector checkpoint, or null for no audio.
+        backend: ``torch`` | ``onnxruntime`` | ``tensorrt``.
+        device: ``cpu`` | ``cuda``.
+        precision: ``fp32`` | ``fp16`` (GPU backends).
+        threads: CPU threads for the networks.
+        model_cache: where ONNX files / TensorRT engines made from the checkpoint are kept.
+        sync_config: synchroniser config.
+        lidar_id, camera_ids, radar_ids, imu_id, microphone_id: sensors used (microphone_id null: no audio).
+        lidar_sweeps: deskewed sweeps accumulated.
+        score_threshold, top_k, max_detections: decoding.
+        siren_threshold: siren probability above which a siren is reported.
+        deadline_ms: per-frame deadline from the frame's stamp (executor).
+    """
+
+    checkpoint: str = "recordings/models/fusion.pt"
+    siren_checkpoint: Optional[str] = "recordings/models/siren.pt"
+    backend: Literal["torch", "onnxruntime", "tensorrt"] = "onnxruntime"
+    device: Literal["cpu", "cuda"] = "cpu"
+    precision: Literal["fp32", "fp16"] = "fp32"
+    threads: int = 2
+    model_cache: str = ".cache/models"
+    sync_config: str = "configs/sync_sim.yaml"
+    lidar_id: str = "lidar_top"
+    camera_ids: tuple[str, ...] = ("cam_front", "cam_rear")
+    radar_ids: tuple[str, ...] = ("radar_front",)
+    imu_id: str = "imu"
+    microphone_id: Optional[str] = "mic_array"
+    lidar_sweeps: int = 3
+    score_threshold: float = 0.05
+    top_k: int = 300
+    max_detections: int = 200
+    siren_threshold: float = 0.5
+    deadline_ms: float = 100.0
+
+    @staticmethod
+    def load(path: str | Path) -> "PipelineConfig":
+        return load_yaml_file(PipelineConfig, path)
+
+
+def resolve_path(p: str | Path) -> Path:
+    """A config path: as given when it exists, else relative to the project folder."""
+    p = Path(p)
+    if p.exists() or p.is_absolute():
+        return p
+    return ROOT / p
+
+
+class Pipeline:
+    """SyncedFrame -> Detections3D. Construct with :func:`build_pipeline`.
+
+    Args:
+        frontend: frame preparation (stateful: frames in stamp order).
+        net_cfg: network sizes (buffers are sized from it).
+        camera_net, bev_net: backends (named numpy tensors in and out).
+        cell_index: (Ncam, D, h, w) int64 static lift geometry.
+        decoder: heatmap -> boxes.
+        siren: optional audio stage ``(frame, dets) -> dets``.
+        timer: stage timer (disabled: no cost).
+    """
+
+    def __init__(self, frontend: Frontend, net_cfg: NetworkConfig, camera_net, bev_net, cell_index: np.ndarray,
+                 decoder: Decoder, siren=None, timer: StageTimer | None = None):
+        from perception.kernels import Pillarizer
+
+        self.frontend = frontend
+        self.cfg = net_cfg
+        self.camera_net = camera_net
+        self.bev_net = bev_net
+        self.cell_index = cell_index
+        self.decoder = decoder
+        self.siren = siren
+        self.timer = timer or StageTimer(False)
+        c = net_cfg
+        g = c.grid
+        self._lidar_pillarizer = Pillarizer(g, LIDAR_POINT_COLUMNS, c.lidar_max_pillars, c.lidar_max_points)
+        self._radar_pillarizer = Pillarizer(g, RADAR_POINT_COLUMNS, c.radar_max_pillars, c.radar_max_points)
+        # The pillarizers own their output buffers; the feeds are (1, ...) views of them (no copy per frame).
+        self._feeds = {
+            "lidar_pillars": self._lidar_pillarizer.features[None],
+            "lidar_index": self._lidar_pillarizer.index[None],
+            "radar_pillars": self._radar_pillarizer.features[None],
+            "radar_index": self._radar_pillarizer.index[None],
+            "camera_bev": np.zeros((1, c.camera_channels, g.ny, g.nx), np.float32),
+            "presence": np.zeros((1, 3), np.float32),
+        }
+        self._images = np.zeros((c.n_cameras, 3, c.image_height, c.image_width), np.float32)
+        self._depth = np.zeros((c.n_cameras, c.depth_bins, c.feature_height, c.feature_width), np.float32)
+        self.last_inputs: FrameInputs | None = None
+
+    def __call__(self, frame: SyncedFrame) -> Detections3D:
+        lap = self.timer.start(frame.stamp_ns)
+        x = self.frontend(frame)
+        lap("align")
+        f = self._feeds
+        self._lidar_pillarizer(x.lidar_points)
+        self._radar_pillarizer(x.radar_points)
+        f["presence"][0] = x.presence()
+        lap("pillarize")
+        np.multiply(x.images.transpose(0, 3, 1, 2), np.float32(1 / 255.0), out=self._images)
+        cam = self.camera_net({"images": self._images})
+        lap("camera_net")
+        np.multiply(cam["depth"], x.camera_present.astype(np.float32)[:, None, None, None], out=self._depth)
+        self._pool(self._depth, cam["features"], f["camera_bev"][0].reshape(self.cfg.camera_channels, -1))
+        lap("bev_pool")
+        out = self.bev_net(f)
+        lap("bev_net")
+        dets = self.decoder(out["heatmap"][0], out["regression"][0], frame.stamp_ns)
+        lap("decode")
+        if self.siren is not None:
+            dets = self.siren(frame, dets)
+            lap("siren")
+        self.last_inputs = x
+        return dets
+
+    def _pool(self, depth, features, out) -> None:
+        from perception.kernels import bev_pool
+
+        bev_pool(depth, features, self.cell_index, out)
+
+
+def checkpoint_hash(path: Path) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def open_networks(config: PipelineConfig, rig: Rig | None):
+    """(camera backend, bev backend, NetworkConfig, cell_index, model hashes) for the configured backend.
+
+    ONNX files for onnxruntime/tensorrt are exported from the checkpoint once and cached under
+    ``model_cache/<checkpoint sha256[:16]>/``.
+    """
+    from perception.backends import open_backend
+    from perception.train import cell_index_for, detector_from_checkpoint
+
+    ckpt = resolve_path(config.checkpoint)
+    if not ckpt.exists():
+        raise FileNotFoundError(f"checkpoint {ckpt} not found (train one with: perception train --config "
+                                f"configs/train_fusion.yaml --out DIR)")
+    det, net_cfg, _ = detector_from_checkpoint(ckpt, rig)
+    cell_index = cell_index_for(net_cfg, rig)
+    digest = checkpoint_hash(ckpt)
+    hashes = {"checkpoint": digest}
+    if config.backend == "torch":
+        cam = open_backend("torch", det.camera.spec, module=det.camera, device=config.device, threads=config.threads)
+        bev = open_backend("torch", det.bev.spec, module=det.bev, device=config.device, threads=config.threads)
+        return cam, bev, net_cfg, cell_index, hashes
+    from perception.export import export_onnx
+
+    folder = resolve_cache(config.model_cache) / digest[:16]
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = {}
+    for module in (det.camera, det.bev):
+        path = folder / f"{module.spec.name}.onnx"
+        if not path.exists():
+            export_onnx(module, module.spec, path)
+        paths[module.spec.name] = path
+        hashes[module.spec.name + ".onnx"] = hashlib.sha256(path.read_bytes()).hexdigest()
+    if config.backend == "onnxruntime":
+        cam = open_backend("onnxruntime", det.camera.spec, onnx_path=paths["camera"], device=config.device,
+                           threads=config.threads)
+        bev = open_backend("onnxruntime", det.bev.spec, onnx_path=paths["bev"], device=config.device,
+                           threads=config.threads)
+        return cam, bev, net_cfg, cell_index, hashes
+    from perception.export import build_engine
+
+    engines = {n: build_engine(p, config.precision, folder) for n, p in paths.items()}
+    cam = open_backend("tensorrt", det.camera.spec, engine_path=engines["camera"], device="cuda")
+    bev = open_backend("tensorrt", det.bev.spec, engine_path=engines["bev"], device="cuda")
+    return cam, bev, net_cfg, cell_index, hashes
+
+
+def resolve_cache(p: str | Path) -> Path:
+    p = Path(p)
+    return p if p.is_absolute() else ROOT / p
+
+
+def build_pipeline(config: PipelineConfig, rig: Rig, drop: frozenset[str] = frozenset(),
+                   timing: bool = True) -> tuple[Pipeline, dict]:
+    """The one place config becomes objects. Returns the pipeline and the model hashes (for run.json)."""
+    cam, bev, net_cfg, cell_index, hashes = open_networks(config, rig)
+    if len(config.camera_ids) != net_cfg.n_cameras:
+        raise ValueError(f"pipeline config lists {len(config.camera_ids)} cameras, the network takes {net_cfg.n_cameras}")
+    fe_cfg = FrontendConfig(config.lidar_id, tuple(config.camera_ids), tuple(config.radar_ids), config.imu_id,
+                            config.lidar_sweeps, 0.3, net_cfg.image_height, net_cfg.image_width,
+                            net_cfg.image_scale, net_cfg.crop_top)
+    frontend = Frontend(rig, fe_cfg, drop)
+    decoder = Decoder(net_cfg.head_grid, net_cfg.class_names,
+                      DecodeConfig(config.score_threshold, config.top_k, config.max_detections))
+    siren = None
+    if config.siren_checkpoint and config.microphone_id and config.microphone_id in rig \
+            and config.microphone_id not in drop:
+        siren = build_siren_stage(config, rig)
+        hashes["siren"] = checkpoint_hash(resolve_path(config.siren_checkpoint))
+    return Pipeline(frontend, net_cfg, cam, bev, cell_index, decoder, siren, StageTimer(timing)), hashes
+
+
+def build_siren_stage(config: PipelineConfig, rig: Rig):
+    """The late audio fusion stage (siren probability + bearing -> siren attribute / bearing-only event)."""
+    from perception.audio_stage import SirenStage
+
+    return SirenStage.from_checkpoint(resolve_path(config.siren_checkpoint), rig, config.microphone_id,
+                                      config.siren_threshold)

@@ -1,0 +1,461 @@
+"""``perception train``: train the detection networks on simulated drives.
+
+    perception train --config configs/train_fusion.yaml --out runs/fusion
+
+Seeded and reproducible (same config, same machine, same thread count -> same weights): drives are
+simulated by our simulator in every weather and cached (:mod:`perception.training_data`), the networks
+are trained with AdamW and a one-cycle schedule for a fixed number of steps, validated every
+``val_every`` steps with the nuScenes-protocol mAP/NDS on held-out validation drives, and checkpointed
+(resumable: rerunning the same command continues from ``OUT/last.pt``). Checkpoints carry the network
+config and load with ``torch.load(weights_only=True)``.
+
+Modality dropout: each training sample drops LiDAR, cameras and radar independently with probability
+``modality_dropout`` (never all of those in ``modalities``), so the one fused model serves every degraded
+mode. A single-modality baseline is the same network with ``modalities`` restricted and no dropout.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import math
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from calibration.yamlconf import load_yaml_file, to_dict
+from perception.training_data import DriveSpec
+
+log = logging.getLogger(__name__)
+MODALITIES = ("lidar", "camera", "radar")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """A training run (``configs/train_*.yaml``; flat and complete).
+
+    Args:
+        name: run name, written into the checkpoint.
+        seed: initialisation, sampling and augmentation seed.
+        modalities: sensors the network may see (a baseline restricts them).
+        modality_dropout: per-sample probability of dropping each present modality (0 for baselines).
+        train_seeds, train_duration_s: simulated training drives (one per seed).
+        val_seeds, val_duration_s: validation drives (seeds never used for training).
+        weathers: drive i gets weathers[i % len]; lidar_columns: drive i gets lidar_columns[(i // len(weathers)) % len].
+        data_cache: folder of cached drives (shared by every run with the same drive settings).
+        steps, batch_size, lr, weight_decay: optimisation (AdamW, one-cycle learning rate).
+        val_every, checkpoint_every: steps between validations and between checkpoints.
+        threads: torch CPU threads.
+        flip: random y-mirror augmentation.
+    """
+
+    name: str = "fusion"
+    seed: int = 0
+    modalities: tuple[str, ...] = MODALITIES
+    modality_dropout: float = 0.25
+    train_seeds: tuple[int, ...] = tuple(range(100, 114))
+    train_duration_s: float = 16.0
+    val_seeds: tuple[int, ...] = (900, 901)
+    val_duration_s: float = 8.0
+    weathers: tuple[str, ...] = ("clear", "rain", "fog", "night")
+    lidar_columns: tuple[int, ...] = (1800, 900)
+    data_cache: str = ".cache/sim_drives"
+    steps: int = 500
+    batch_size: int = 4
+    lr: float = 2e-3
+    weight_decay: float = 0.01
+    val_every: int = 250
+    checkpoint_every: int = 50
+    threads: int = 2
+    flip: bool = True
+
+    def __post_init__(self) -> None:
+        bad = set(self.modalities) - set(MODALITIES)
+        if bad or not self.modalities:
+            raise ValueError(f"TrainConfig.modalities: {sorted(bad)} unknown; choose from {MODALITIES}")
+        if not 0 <= self.modality_dropout < 1:
+            raise ValueError(f"TrainConfig.modality_dropout must be in [0, 1), got {self.modality_dropout}")
+
+    @staticmethod
+    def load(path: str | Path) -> "TrainConfig":
+        return load_yaml_file(TrainConfig, path)
+
+
+def drive_specs(seeds, duration_s: float, weathers, lidar_columns, first_index: int) -> list[DriveSpec]:
+    """The drives of a data set: seed i gets weathers[i % W] and lidar_columns[(i // W) % L]."""
+    w = len(weathers)
+    return [DriveSpec(int(s), float(duration_s), weathers[i % w], int(lidar_columns[(i // w) % len(lidar_columns)]),
+                      first_index + i) for i, s in enumerate(seeds)]
+
+
+def train_drives(cfg: TrainConfig) -> list[DriveSpec]:
+    return drive_specs(cfg.train_seeds, cfg.train_duration_s, cfg.weathers, cfg.lidar_columns, 0)
+
+
+def val_drives(cfg: TrainConfig) -> list[DriveSpec]:
+    return drive_specs(cfg.val_seeds, cfg.val_duration_s, cfg.weathers, cfg.lidar_columns, 1000)
+
+
+def _simulate_one(args) -> str:
+    from perception.training_data import simulate_drive
+    spec, out = args
+    logging.getLogger("perception.sync").setLevel(logging.ERROR)
+    return str(simulate_drive(spec, Path(out)))
+
+
+def generate_drives(specs: list[DriveSpec], cache: Path, workers: int = 2, progress: bool = True) -> list[Path]:
+    """Simulate and cache the drives that are not cached yet (``workers`` processes). Returns the files in
+    ``specs`` order."""
+    from concurrent.futures import ProcessPoolExecutor
+
+    from tqdm import tqdm
+
+    cache.mkdir(parents=True, exist_ok=True)
+    todo = [(s, str(cache)) for s in specs if not (cache / f"{s.key()}.npz").exists()]
+    if todo:
+        with ProcessPoolExecutor(max_workers=max(1, workers)) as ex:
+            for _ in tqdm(ex.map(_simulate_one, todo), total=len(todo), desc="simulating drives",
+                          disable=not progress, unit="drive"):
+                pass
+    return [cache / f"{s.key()}.npz" for s in specs]
+
+
+# ---------------------------------------------------------------------------------------------- batches
+@dataclass(frozen=True, eq=False)
+class Batch:
+    """Network inputs and targets of B samples (numpy; converted to torch in the loop)."""
+
+    lidar_pillars: np.ndarray   # (B, P, M, 10)
+    lidar_index: np.ndarray     # (B, P) int64
+    radar_pillars: np.ndarray   # (B, Pr, Mr, 12)
+    radar_index: np.ndarray     # (B, Pr) int64
+    images: np.ndarray          # (B*Ncam, 3, H, W) float32 [0, 1]
+    camera_present: np.ndarray  # (B, Ncam) float32
+    presence: np.ndarray        # (B, 3) float32
+    heatmap: np.ndarray         # (B, K, Hh, Wh)
+    target_index: np.ndarray    # (B, O) int64
+    target_regression: np.ndarray  # (B, O, 10)
+    target_mask: np.ndarray     # (B, O)
+
+
+class SampleBuilder:
+    """Turns a cached frame into one sample (pillarization by the runtime kernel, targets)."""
+
+    def __init__(self, net_cfg, modalities: tuple[str, ...], dropout: float, flip: bool):
+        from perception.kernels import Pillarizer  # noqa: F401  (fails early when the kernels are missing)
+
+        self.cfg = net_cfg
+        self.modalities = modalities
+        self.dropout = dropout
+        self.flip = flip
+
+    def build(self, drives, items, rng: np.random.Generator, train: bool) -> Batch:
+        from perception.kernels import pillarize
+        from perception.models.networks import LIDAR_POINT_COLUMNS, PILLAR_EXTRA, RADAR_POINT_COLUMNS
+        from perception.training_data import make_targets
+
+        c = self.cfg
+        b = len(items)
+        lp = np.zeros((b, c.lidar_max_pillars, c.lidar_max_points, LIDAR_POINT_COLUMNS + PILLAR_EXTRA), np.float32)
+        li = np.zeros((b, c.lidar_max_pillars), np.int64)
+        rp = np.zeros((b, c.radar_max_pillars, c.radar_max_points, RADAR_POINT_COLUMNS + PILLAR_EXTRA), np.float32)
+        ri = np.zeros((b, c.radar_max_pillars), np.int64)
+        lnp = np.zeros(c.lidar_max_pillars, np.int32)
+        rnp = np.zeros(c.radar_max_pillars, np.int32)
+        images = np.zeros((b, c.n_cameras, 3, c.image_height, c.image_width), np.float32)
+        cam_present = np.zeros((b, c.n_cameras), np.float32)
+        presence = np.zeros((b, 3), np.float32)
+        targets = []
+        for k, (d, i) in enumerate(items):
+            drive = drives[d]
+            use = {m: m in self.modalities for m in MODALITIES}
+            if train and self.dropout > 0:
+                drop = {m: use[m] and rng.random() < self.dropout for m in MODALITIES}
+                if all(drop[m] or not use[m] for m in MODALITIES):
+                    drop = {m: False for m in MODALITIES}
+                use = {m: use[m] and not drop[m] for m in MODALITIES}
+            flip = train and self.flip and rng.random() < 0.5
+            sign = np.float32(-1.0 if flip else 1.0)
+            if use["lidar"] and drive.lidar_present[i]:
+                pts = drive.lidar_points(i)
+                if flip:
+                    pts[:, 1] *= -1
+                pillarize(pts, c.grid, lp[k], li[k], lnp)
+                presence[k, 0] = 1
+            else:
+                li[k] = c.grid.n_cells
+            if use["radar"] and drive.radar_present[i]:
+                r = drive.radar_points(i).copy()
+                if flip:
+                    r[:, 1] *= -1
+                    r[:, 4] *= -1
+                pillarize(r, c.grid, rp[k], ri[k], rnp)
+                presence[k, 2] = 1
+            else:
+                ri[k] = c.grid.n_cells
+            if use["camera"] and drive.cam_present[i].any():
+                img = drive.images[i]
+                if flip:
+                    img = img[:, :, ::-1]
+                images[k] = img.transpose(0, 3, 1, 2) / np.float32(255.0)
+                cam_present[k] = drive.cam_present[i]
+                presence[k, 1] = 1
+            boxes, vel, labels, npts, _ = drive.gt(i)
+            keep = npts > 0
+            boxes, vel, labels = boxes[keep].copy(), vel[keep].copy(), labels[keep]
+            if flip:
+                boxes[:, 1] *= -1
+                boxes[:, 6] *= -1
+                vel[:, 1] *= -1
+            targets.append(make_targets(c, boxes, vel, labels))
+            del sign
+        return Batch(lp, li, rp, ri, images.reshape(b * c.n_cameras, 3, c.image_height, c.image_width),
+                     cam_present, presence, np.stack([t.heatmap for t in targets]),
+                     np.stack([t.index for t in targets]), np.stack([t.regression for t in targets]),
+                     np.stack([t.mask for t in targets]))
+
+
+# ---------------------------------------------------------------------------------------------- model
+class Detector:
+    """The two networks plus the static lift geometry, as trained (torch)."""
+
+    def __init__(self, net_cfg, cell_index: np.ndarray):
+        import torch
+
+        from perception.models.networks import BevNet, CameraNet
+
+        self.cfg = net_cfg
+        self.camera = CameraNet(net_cfg)
+        self.bev = BevNet(net_cfg)
+        self.cell_index = torch.from_numpy(cell_index)
+
+    def parameters(self):
+        return list(self.camera.parameters()) + list(self.bev.parameters())
+
+    def train(self, mode: bool = True) -> None:
+        self.camera.train(mode)
+        self.bev.train(mode)
+
+    def forward(self, batch: Batch):
+        import torch
+
+        from perception.models.networks import camera_bev_torch
+
+        c = self.cfg
+        t = torch.from_numpy
+        if batch.presence[:, 1].any():
+            depth, feats = self.camera(t(batch.images))
+            depth = depth * t(batch.camera_present).reshape(-1, 1, 1, 1)
+            cam_bev = camera_bev_torch(depth, feats, self.cell_index, c.grid.n_cells, c.grid.ny, c.grid.nx)
+        else:
+            # No camera in the whole batch: the BEV net zeroes camera features anyway (presence 0), so the
+            # camera network's output cannot matter; skip it (LiDAR-only runs train ~2x faster).
+            cam_bev = torch.zeros(len(batch.presence), c.camera_channels, c.grid.ny, c.grid.nx)
+        return self.bev(t(batch.lidar_pillars), t(batch.lidar_index), t(batch.radar_pillars),
+                        t(batch.radar_index), cam_bev, t(batch.presence))
+
+    def state_dict(self) -> dict:
+        return {"camera": self.camera.state_dict(), "bev": self.bev.state_dict()}
+
+    def load_state_dict(self, sd: dict) -> None:
+        self.camera.load_state_dict(sd["camera"])
+        self.bev.load_state_dict(sd["bev"])
+
+
+CODE_WEIGHTS = (1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 0.2, 0.2)
+
+
+def detection_loss(heat_pred, reg_pred, batch: Batch):
+    """CenterNet focal loss on the heatmap + weighted L1 on the regression at object centres.
+    Returns (total, heatmap part, regression part) torch scalars."""
+    import torch
+
+    t = torch.from_numpy
+    gt = t(batch.heatmap)
+    p = heat_pred.clamp(1e-4, 1 - 1e-4)
+    pos = gt.eq(1).float()
+    neg_w = torch.pow(1 - gt, 4)
+    pos_loss = (torch.log(p) * torch.pow(1 - p, 2) * pos).sum()
+    neg_loss = (torch.log(1 - p) * torch.pow(p, 2) * neg_w * (1 - pos)).sum()
+    n_pos = pos.sum().clamp(min=1.0)
+    hm = -(pos_loss + neg_loss) / n_pos
+    b, r = reg_pred.shape[:2]
+    idx = t(batch.target_index).unsqueeze(1).expand(-1, r, -1)
+    pred = reg_pred.reshape(b, r, -1).gather(2, idx).permute(0, 2, 1)     # (B, O, 10)
+    mask = t(batch.target_mask).unsqueeze(2)
+    w = torch.tensor(CODE_WEIGHTS)
+    l1 = (torch.abs(pred - t(batch.target_regression)) * mask * w).sum() / mask.sum().clamp(min=1.0)
+    return hm + 0.25 * l1, hm, l1
+
+
+# ---------------------------------------------------------------------------------------------- evaluation
+def predict_drive(det: Detector, drive, builder: SampleBuilder, decoder, batch_size: int = 4):
+    """Detections of every frame of a cached drive (eval mode). Returns a list of Detections3D."""
+    import torch
+
+    det.train(False)
+    out = []
+    with torch.inference_mode():
+        for s in range(0, len(drive), batch_size):
+            items = [(0, i) for i in range(s, min(len(drive), s + batch_size))]
+            batch = builder.build([drive], items, np.random.default_rng(0), train=False)
+            heat, reg = det.forward(batch)
+            heat, reg = heat.numpy(), reg.numpy()
+            for k, (_, i) in enumerate(items):
+                out.append(decoder(heat[k], reg[k], int(drive.stamps[i])))
+    return out
+
+
+def ground_truth_frames(drive) -> list:
+    """The drive's ground truth as results-file frames (class names, num_points, siren attribute)."""
+    from drivers.messages import CLASS_NAMES
+    from perception.evaluation.results import FrameBoxes
+
+    frames = []
+    for i in range(len(drive)):
+        boxes, vel, labels, npts, siren = drive.gt(i)
+        frames.append(FrameBoxes.create(int(drive.stamps[i]), boxes, [CLASS_NAMES[int(k)] for k in labels],
+                                        velocities=vel, num_points=npts,
+                                        attributes=[{"siren": bool(s)} for s in siren]))
+    return frames
+
+
+def validate(det: Detector, drives, builder: SampleBuilder, decoder):
+    """nuScenes-protocol EvalResult over the given drives (their stamps never collide)."""
+    from perception.evaluation.metrics import evaluate
+
+    preds, gts = [], []
+    for d in drives:
+        preds += [x.to_frame_boxes() for x in predict_drive(det, d, builder, decoder)]
+        gts += ground_truth_frames(d)
+    return evaluate(preds, gts)
+
+
+# ---------------------------------------------------------------------------------------------- training
+def _lr_at(step: int, total: int, peak: float) -> float:
+    """One-cycle: 10 % linear warm-up from peak/10, cosine down to peak/100."""
+    warm = max(1, total // 10)
+    if step < warm:
+        return peak * (0.1 + 0.9 * step / warm)
+    f = (step - warm) / max(1, total - warm)
+    return peak * (0.01 + 0.99 * 0.5 * (1 + math.cos(math.pi * f)))
+
+
+def load_checkpoint_file(path: str | Path) -> dict:
+    """A checkpoint as a plain dict (``torch.load(weights_only=True)``: no code is unpickled)."""
+    import torch
+
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def detector_from_checkpoint(path: str | Path, rig=None):
+    """(Detector in eval mode, NetworkConfig, checkpoint dict) from a checkpoint file; the lift geometry
+    comes from ``rig`` (default: the simulated rig the networks were trained on)."""
+    from perception.models.networks import NetworkConfig
+
+    ck = load_checkpoint_file(path)
+    net_cfg = NetworkConfig.from_dict(json.loads(ck["network_config"]))
+    det = Detector(net_cfg, cell_index_for(net_cfg, rig))
+    det.load_state_dict(ck["model"])
+    det.train(False)
+    return det, net_cfg, ck
+
+
+def cell_index_for(net_cfg, rig=None) -> np.ndarray:
+    """The frustum -> BEV cell geometry of the frontend's cameras on ``rig`` (default rig when None)."""
+    from drivers.sim import default_rig
+    from perception.frontend import FrontendConfig
+    from perception.models.networks import frustum_cell_index
+
+    rig = rig or default_rig(net_cfg.n_cameras)
+    ids = FrontendConfig().camera_ids[: net_cfg.n_cameras]
+    return frustum_cell_index(net_cfg, [rig[c].camera for c in ids], [rig.ego_from(c) for c in ids])
+
+
+def train(cfg: TrainConfig, out_dir: str | Path, progress: bool = True) -> Path:
+    """Train (or resume) a run; returns the final checkpoint ``OUT/model.pt``."""
+    import torch
+    from tqdm import tqdm
+
+    from perception.decode import DecodeConfig, Decoder
+    from perception.models.networks import NetworkConfig
+    from perception.training_data import Drive
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    torch.set_num_threads(cfg.threads)
+    torch.manual_seed(cfg.seed)
+    net_cfg = NetworkConfig()
+    cache = Path(cfg.data_cache)
+    train_files = generate_drives(train_drives(cfg), cache, workers=cfg.threads, progress=progress)
+    val_files = generate_drives(val_drives(cfg), cache, workers=cfg.threads, progress=progress)
+    drives = [Drive.load(p) for p in train_files]
+    vals = [Drive.load(p) for p in val_files]
+    det = Detector(net_cfg, cell_index_for(net_cfg))
+    builder = SampleBuilder(net_cfg, cfg.modalities, cfg.modality_dropout, cfg.flip)
+    eval_builder = SampleBuilder(net_cfg, cfg.modalities, 0.0, False)
+    decoder = Decoder(net_cfg.head_grid, net_cfg.class_names, DecodeConfig())
+    opt = torch.optim.AdamW(det.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    items = [(d, i) for d, drive in enumerate(drives) for i in range(len(drive))]
+    history: list[dict] = []
+    step = 0
+    elapsed = 0.0
+    last = out / "last.pt"
+    if last.exists():
+        ck = load_checkpoint_file(last)
+        if ck["train_config"] != json.dumps(to_dict(cfg), sort_keys=True):
+            raise ValueError(f"{last} was made with a different training config; use another --out")
+        det.load_state_dict(ck["model"])
+        opt.load_state_dict(ck["optimizer"])
+        torch.set_rng_state(ck["torch_rng"])
+        step, elapsed, history = int(ck["step"]), float(ck["elapsed_s"]), json.loads(ck["history"])
+        log.info("resuming %s at step %d", last, step)
+
+    def save(path: Path, final: bool) -> None:
+        ck = {"network_config": json.dumps(net_cfg.to_dict(), sort_keys=True),
+              "train_config": json.dumps(to_dict(cfg), sort_keys=True),
+              "model": det.state_dict(), "step": step, "elapsed_s": elapsed, "history": json.dumps(history)}
+        if not final:
+            ck["optimizer"] = opt.state_dict()
+            ck["torch_rng"] = torch.get_rng_state()
+        tmp = path.with_suffix(".tmp")
+        torch.save(ck, tmp)
+        os.replace(tmp, path)
+
+    bar = tqdm(total=cfg.steps, initial=step, desc=f"train {cfg.name}", unit="step", disable=not progress)
+    while step < cfg.steps:
+        t0 = time.perf_counter()
+        # The sample order depends only on (seed, step): resuming gives the same batches.
+        rng = np.random.default_rng([cfg.seed, step])
+        pick = rng.integers(0, len(items), cfg.batch_size)
+        batch = builder.build(drives, [items[j] for j in pick], rng, train=True)
+        for g in opt.param_groups:
+            g["lr"] = _lr_at(step, cfg.steps, cfg.lr)
+        det.train(True)
+        heat, reg = det.forward(batch)
+        loss, hm, l1 = detection_loss(heat, reg, batch)
+        opt.zero_grad()
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(det.parameters(), 10.0)
+        opt.step()
+        step += 1
+        elapsed += time.perf_counter() - t0
+        bar.update(1)
+        bar.set_postfix(loss=f"{loss.item():.3f}", hm=f"{hm.item():.3f}", reg=f"{l1.item():.3f}")
+        if step % cfg.val_every == 0 or step == cfg.steps:
+            res = validate(det, vals, eval_builder, decoder)
+            history.append({"step": step, "elapsed_s": round(elapsed, 1), "mAP": res.mean_ap, "NDS": res.nds,
+                            "AP": {c.name: c.ap for c in res.classes}})
+            bar.write(f"step {step}: val mAP {res.mean_ap:.4f} NDS {res.nds:.4f} "
+                      + " ".join(f"{c.name}={c.ap:.3f}" for c in res.classes))
+        if step % cfg.checkpoint_every == 0 or step == cfg.steps:
+            save(last, final=False)
+    bar.close()
+    final = out / "model.pt"
+    save(final, final=True)
+    (out / "history.json").write_text(json.dumps(history, indent=1))
+    return final
