@@ -11,7 +11,8 @@ Rows, per (P, M) configuration:
 - ``pillarize_reference`` (ours, numpy),
 - ``spconv PointToVoxel`` (the reference: ``spconv.pytorch.utils.PointToVoxel`` on CPU with the same
   grid, ``vsize_xyz=[cell, cell, z_max - z_min]``; its default call clears its buffer and returns clones).
-The ratio column is spconv's median divided by the row's median (> 1: faster than spconv). The voxel set
+Ratio columns: spconv's median / the row's median (> 1: faster than spconv), and the numpy reference's
+median / the row's median. The voxel set
 (pillar count, cell of every pillar, point counts and the raw point rows) is checked to be identical to
 spconv's in the same run. torch runs with one thread, like our kernels.
 
@@ -100,15 +101,16 @@ def main() -> None:
 
     print(f"{len(points)} points (seed {args.seed}, newest sweep ending at t={args.t} s), grid {grid.nx}x{grid.ny} "
           f"cells of {grid.cell} m, {args.runs} runs per row, median")
-    print(f"{'P':>6} {'M':>5} {'implementation':<24} {'median ms':>10} {'spconv/this':>12}")
+    print(f"{'P':>6} {'M':>5} {'implementation':<24} {'median ms':>10} {'spconv/this':>12} {'numpy/this':>11}")
     for p, m in configs:
         n_occ, p_drop, frac = occupancy(points, grid, p, m)
         bufs = (np.zeros((p, m, c + 5), np.float32), np.zeros(p, np.int64), np.zeros(p, np.int32))
         ref_bufs = (np.zeros((p, m, c + 5), np.float32), np.zeros(p, np.int64), np.zeros(p, np.int32))
         pz = Pillarizer(grid, c, p, m)
-        rows = [("Pillarizer (ours)", median_ms(lambda: pz(points), args.runs)),
-                ("pillarize (ours)", median_ms(lambda: pillarize(points, grid, *bufs), args.runs)),
-                ("pillarize_reference", median_ms(lambda: pillarize_reference(points, grid, *ref_bufs), max(3, args.runs // 3)))]
+        rows = [("Pillarizer (ours)", median_ms(lambda pz=pz: pz(points), args.runs)),
+                ("pillarize (ours)", median_ms(lambda b=bufs: pillarize(points, grid, *b), args.runs)),
+                ("pillarize_reference", median_ms(lambda b=ref_bufs: pillarize_reference(points, grid, *b),
+                                                  max(3, args.runs // 3)))]
         n = pz(points)
         same_ours = all(np.array_equal(a, b) for a, b in zip((pz.features, pz.index, pz.npoints), bufs)) \
             and all(np.array_equal(a, b) for a, b in zip(bufs, ref_bufs))
@@ -119,15 +121,16 @@ def main() -> None:
                                coors_range_xyz=[grid.x_min, grid.y_min, grid.z_min, grid.x_max, grid.y_max, grid.z_max],
                                num_point_features=c, max_num_voxels=p, max_num_points_per_voxel=m)
             pts_t = torch.from_numpy(points)
-            spconv_ms = median_ms(lambda: gen(pts_t), args.runs)
+            spconv_ms = median_ms(lambda gen=gen, pts_t=pts_t: gen(pts_t), args.runs)
             vox, coors, npv = (t.numpy() for t in gen(pts_t))
             same_spconv = (len(vox) == n and np.array_equal(coors[:, 0], np.zeros(n, np.int32))
                            and np.array_equal(coors[:, 1].astype(np.int64) * grid.nx + coors[:, 2], pz.index[:n])
                            and np.array_equal(npv, pz.npoints[:n]) and np.array_equal(vox, pz.features[:n, :, :c]))
             rows.append(("spconv PointToVoxel", spconv_ms))
+        ref_ms = rows[2][1]
         for name, ms in rows:
             ratio = f"{spconv_ms / ms:11.2f}x" if spconv_ms else f"{'-':>12}"
-            print(f"{p:>6} {m:>5} {name:<24} {ms:>10.3f} {ratio}")
+            print(f"{p:>6} {m:>5} {name:<24} {ms:>10.3f} {ratio} {ref_ms / ms:10.2f}x")
         print(f"{'':>13}{n} pillars of {n_occ} occupied cells ({p_drop} dropped by P); {100 * frac:.1f} % of in-grid "
               f"points kept under M; numba == numpy: {same_ours}; voxel set == spconv: {same_spconv}")
 

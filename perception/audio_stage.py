@@ -9,6 +9,7 @@ heard, the bearing is matched against the car/truck detections scoring at least 
 from __future__ import annotations
 
 import math
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -34,13 +35,29 @@ class SirenStage:
     """
 
     def __init__(self, detector: SirenDetector, microphone_id: str, threshold: float, min_score: float = 0.2,
-                 gate_rad: float = BEARING_GATE_RAD):
+                 gate_rad: float = BEARING_GATE_RAD, every_frames: int = 3):
         self.detector = detector
         self.microphone_id = microphone_id
         self.threshold = threshold
         self.min_score = min_score
         self.gate_rad = gate_rad
+        self.every_frames = max(1, int(every_frames))
         self._last_chunk_ns: int | None = None
+        self._frames = 0
+        self._estimate = None
+        # The detector (log-mel + CNN + SRP-PHAT) runs in one worker thread, started by :meth:`start` before
+        # the networks and joined by :meth:`__call__` after them, so it overlaps the detection networks.
+        # Every frame waits for its own result: the output does not depend on timing.
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="siren")
+        self._pending: Future | None = None
+
+    def start(self, frame: SyncedFrame) -> None:
+        """Take the frame's new audio and, every ``every_frames`` frames (a siren's bearing changes slowly;
+        the detector scores a 1 s window), start scoring the last second in the worker thread."""
+        self._push(frame)
+        self._frames += 1
+        if (self._frames - 1) % self.every_frames == 0 and self.detector.ready:
+            self._pending = self._pool.submit(self.detector.detect)
 
     @staticmethod
     def from_checkpoint(path: Path, rig: Rig, microphone_id: str, threshold: float,
@@ -52,7 +69,7 @@ class SirenStage:
         det = SirenDetector.from_weights(path, sample_rate, len(positions), positions)
         return SirenStage(det, microphone_id, threshold)
 
-    def __call__(self, frame: SyncedFrame, dets: Detections3D) -> Detections3D:
+    def _push(self, frame: SyncedFrame) -> None:
         for chunk in frame.audio:
             if not isinstance(chunk, AudioChunk) or chunk.sensor_id != self.microphone_id:
                 continue
@@ -63,7 +80,13 @@ class SirenStage:
                                  f"built for {self.detector.sample_rate} Hz")
             self.detector.push(chunk)
             self._last_chunk_ns = chunk.stamp_ns
-        est = self.detector.detect()
+
+    def __call__(self, frame: SyncedFrame, dets: Detections3D) -> Detections3D:
+        """Siren attribute and events for this frame's detections (call :meth:`start` first)."""
+        if self._pending is not None:
+            self._estimate = self._pending.result()
+            self._pending = None
+        est = self._estimate
         if est is None or not math.isfinite(est.bearing_rad) or est.probability < self.threshold:
             return dets
         keep = np.flatnonzero(dets.scores >= self.min_score)

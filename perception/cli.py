@@ -109,6 +109,29 @@ def _cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _benchmarks() -> dict[str, Path]:
+    """name -> script for every benchmarks/bench_*.py (and accuracy.py) next to the package."""
+    folder = Path(__file__).resolve().parents[1] / "benchmarks"
+    found = {p.stem.removeprefix("bench_"): p for p in sorted(folder.glob("bench_*.py"))}
+    if (folder / "accuracy.py").exists():
+        found["accuracy"] = folder / "accuracy.py"
+    return found
+
+
+def _cmd_bench(args: argparse.Namespace) -> int:
+    import runpy
+
+    scripts = _benchmarks()
+    if args.name not in scripts:
+        raise CliError(f"no benchmark {args.name!r}; available: {', '.join(scripts) or 'none (no benchmarks/ folder)'}")
+    sys.argv = [str(scripts[args.name]), *args.args]
+    try:
+        runpy.run_path(str(scripts[args.name]), run_name="__main__")
+    except SystemExit as e:
+        return int(e.code or 0)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The full argument parser (also used by tests to check every subcommand has --help)."""
     parser = argparse.ArgumentParser(
@@ -157,6 +180,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="run folder: checkpoints, history.json, model.pt")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_cmd_train)
+
+    p = sub.add_parser("bench", help="run a benchmark from benchmarks/ (prints a table of medians and ratios)",
+                       description="Run benchmarks/bench_NAME.py (or accuracy.py) with the given arguments. "
+                                   "Names: " + ", ".join(_benchmarks()))
+    p.add_argument("name", help="benchmark name, e.g. pipeline, pillarize, kernels, recording, accuracy")
+    p.add_argument("args", nargs=argparse.REMAINDER, help="arguments passed to the benchmark script")
+    p.set_defaults(func=_cmd_bench)
 
     from perception.cli_replay import add_replay_parsers
 

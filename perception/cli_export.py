@@ -33,6 +33,8 @@ def add_export_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--precision", choices=PRECISIONS, default="fp32",
                    help="engine precision for --backend tensorrt (default fp32); ONNX graphs are always fp32")
     p.add_argument("--opset", type=int, default=DEFAULT_OPSET, help=f"ONNX opset (default {DEFAULT_OPSET})")
+    p.add_argument("--calibration-frames", type=int, default=64,
+                   help="int8: frames from simulated validation drives used for the calibration cache (default 64)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=run_export)
     return p
@@ -47,17 +49,20 @@ def run_export(args: argparse.Namespace) -> int:
         raise FileNotFoundError(f"checkpoint not found: {checkpoint}")
     if args.backend == "onnx" and args.precision != "fp32":
         raise ExportError(f"--precision {args.precision} applies to --backend tensorrt; ONNX graphs are fp32")
-    if args.precision == "int8":
-        raise ExportError("--precision int8 needs calibration frames, which the command line does not take yet; "
-                          "build with perception.export.build_engine(..., calibration_feeds=...) or use fp16")
     try:
         from perception.models.networks import load_checkpoint
     except ImportError as e:
         raise ExportError(f"this installation cannot read checkpoints ({e})") from e
     modules = load_checkpoint(checkpoint)
     out = Path(args.out)
+    calibration = None
+    if args.precision == "int8":
+        # Calibration frames: simulated validation drives through the runtime's own frontend (cached).
+        from perception.train import int8_calibration
+
+        calibration = int8_calibration(checkpoint, args.calibration_frames, progress=not args.quiet)
     paths = export_all(modules, out, backend=args.backend, precision=args.precision, opset=args.opset,
-                       progress=not args.quiet)
+                       calibration=calibration, progress=not args.quiet)
     for module, path in zip(modules, paths):
         onnx_path = out / f"{module.spec.name}.onnx"
         refused = unsupported_tensorrt_ops(onnx_path)

@@ -98,6 +98,7 @@ class _Outputs:
         self.renderer = renderer
         self.detections = 0
         self.sirens = 0
+        self.health = None
 
     def write(self, frame: SyncedFrame, dets: Detections3D, emit_ns: int) -> None:
         self.results.write(dets.to_frame_boxes())
@@ -189,11 +190,20 @@ def run_pipeline(messages, rig, config, out: Path, *, recording=None, realtime: 
 
     ex = Executor(messages, sync, pipeline, [outputs], latency, config.deadline_ms, realtime, speed,
                   on_ground_truth=gt.add, progress=progress)
+    # Per-message sync events (late, unmatched) are counted in the health report written at the end,
+    # not logged one by one during a run.
+    sync_log = logging.getLogger("perception.sync")
+    level = sync_log.level
+    sync_log.setLevel(logging.ERROR)
     try:
         stats = ex.run()
     finally:
+        sync_log.setLevel(level)
         bar.close()
         latency.write(out / "latency.json")
+        health = sync.report()
+        (out / "sync_health.json").write_text(json.dumps(health.to_json_dict(), indent=1))
+    outputs.health = health
     return stats, latency, outputs, pipeline
 
 
@@ -203,7 +213,9 @@ def _summary(stats, latency, outputs, out: Path, config) -> str:
     lines = [format_summary_table(latency), "",
              f"frames emitted {stats.frames} in {stats.wall_s:.1f} s wall; detections {outputs.detections} "
              f"(score >= {config.score_threshold}); siren events {outputs.sirens}; backend {config.backend}",
-             f"outputs in {out}/: detections.jsonl, latency.json, run.json"
+             "sync: " + ", ".join(f"{r.sensor_id} missing {r.missing} late {r.late}" for r in outputs.health.sensors
+                                  if r.role != "unconfigured"),
+             f"outputs in {out}/: detections.jsonl, latency.json, run.json, sync_health.json"
              + (", ground_truth.jsonl" if outputs.gt.frames else "")
              + (", detections.mcap" if outputs.mcap is not None else "")]
     return "\n".join(lines)

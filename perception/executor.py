@@ -94,7 +94,9 @@ class Executor:
         emit = clock()
         timing = self.pipeline.timer.last
         if timing is not None:
-            self.latency.add(timing.emitted_at(emit), partial=bool(frame.missing))
+            # Partial: a sensor missing from the frame or dropped on purpose (the pipeline knows both).
+            missing = getattr(self.pipeline, "last_missing", frame.missing)
+            self.latency.add(timing.emitted_at(emit), partial=bool(missing))
         self.stats.frames += 1
         if self.progress:
             self.progress(self.stats)

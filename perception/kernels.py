@@ -13,13 +13,16 @@ Grid convention (:class:`perception.bev.BevGrid`): linear cell index ``iy * nx +
 z slab is 0. Written as ``q >= 0 and q < n`` on the float quotient, so NaN and inf coordinates are dropped.
 
 Speed notes:
-- Pillarization writes each kept point's output row once. A fixed (P, M, C+5) output is mostly empty
-  (most pillars hold far fewer than M points), so zeroing it dominates the cost: spconv's PointToVoxel
-  clears its whole buffer on every call. :class:`Pillarizer` owns its output buffers and, because it knows
-  what its previous call wrote, clears only the rows that call filled and this one does not. The plain
-  :func:`pillarize` writes into any caller buffer and therefore has to clear all of it.
-- :class:`BevPoolPlan` sorts the frustum points by BEV cell once (the camera geometry is static); pooling
-  then sums each cell's points in registers and writes each output value once.
+- Pillarization is two passes over the points: pass 1 finds each point's cell, pillar (through a per-cell
+  lookup table that is reset only at the touched cells) and slot; a counting sort by pillar then lets
+  pass 2 write the output front to back, each kept row once, with the pillar mean summed in float64.
+  A fixed (P, M, C+5) output is mostly empty (most pillars hold far fewer than M points), so clearing it
+  would dominate: spconv's PointToVoxel clears its whole buffer on every call. :class:`Pillarizer` owns
+  its output buffers and, knowing what its previous call wrote, clears only the rows that call filled and
+  this one does not. The plain :func:`pillarize` writes into any caller buffer and so clears all of it.
+- BEV pooling sorts the frustum points by cell (a stable counting sort), sums each occupied cell's points
+  in float64 and writes the output row by row. :class:`BevPoolPlan` does the sort once for a static rig.
+- Measured by ``benchmarks/bench_pillarize.py`` and ``benchmarks/bench_kernels.py``.
 """
 
 from __future__ import annotations
@@ -57,7 +60,8 @@ def _check_pillar_buffers(where: str, points: np.ndarray, grid: BevGrid, out_fea
                          f"{getattr(out_features, 'dtype', None)}")
     p, m = out_features.shape[:2]
     if p < 1 or m < 1:
-        raise ValueError(f"{where}: out_features needs P >= 1 pillars and M >= 1 points, got shape {out_features.shape}")
+        raise ValueError(f"{where}: out_features needs P >= 1 pillars and M >= 1 points, got shape "
+                         f"{out_features.shape}")
     for name, arr, dt in (("out_index", out_index, np.int64), ("out_npoints", out_npoints, np.int32)):
         if (not isinstance(arr, np.ndarray) or arr.shape != (p,) or arr.dtype != dt or not arr.flags.c_contiguous
                 or not arr.flags.writeable):
@@ -68,83 +72,92 @@ def _check_pillar_buffers(where: str, points: np.ndarray, grid: BevGrid, out_fea
 @nb.njit(nogil=True, cache=True)
 def _pillarize_kernel(points, x_min, y_min, z_min, cell, z_size, nx, ny, cx, cy,
                       out_features, out_index, out_npoints,
-                      cell_to_pillar, sums, means, point_pillar, point_slot, dirty):
+                      cell_to_pillar, point_pillar, point_slot, starts, order, dirty):
     """Fill the outputs; return the pillar count.
 
     Scratch: cell_to_pillar (n_cells,) int32 must be all -1 on entry and is all -1 again on exit (only the
-    touched cells are reset); sums (P, 3) float64, means (P, 3) float32, point_pillar/point_slot (>= N,)
-    int32 are overwritten; dirty (P,) int32 holds, per pillar, how many leading rows of out_features may be
-    non-zero on entry, and holds the same for the new contents on exit.
+    touched cells are reset); point_pillar, point_slot, order (>= N,) int32 and starts (P,) int32 are
+    overwritten; dirty (P,) int32 holds, per pillar, how many leading rows of out_features may be non-zero
+    on entry, and holds the same for the new contents on exit.
     """
     n_points, n_cols = points.shape
     max_pillars, max_points = out_features.shape[0], out_features.shape[1]
     n_cells = nx * ny
     n = 0
-    # Pass 1: cell, pillar and slot of every point (pillars numbered by first appearance), float64 sums.
+    # Pass 1: cell, pillar (numbered by first appearance) and slot of every point.
     for i in range(n_points):
         qx = (points[i, 0] - x_min) / cell
         qy = (points[i, 1] - y_min) / cell
         qz = (points[i, 2] - z_min) / z_size
+        point_pillar[i] = -1
         if not (qx >= 0 and qx < nx and qy >= 0 and qy < ny and qz >= 0 and qz < 1):
-            point_pillar[i] = -1
             continue
         c = int(qy) * nx + int(qx)
         p = cell_to_pillar[c]
         if p < 0:
             if n >= max_pillars:
-                point_pillar[i] = -1
                 continue
             p = n
             n += 1
             cell_to_pillar[c] = p
             out_index[p] = c
             out_npoints[p] = 0
-            sums[p, 0] = 0.0
-            sums[p, 1] = 0.0
-            sums[p, 2] = 0.0
         k = out_npoints[p]
-        if k >= max_points:
-            point_pillar[i] = -1
-            continue
-        out_npoints[p] = k + 1
-        point_pillar[i] = p
+        kept = k < max_points
+        out_npoints[p] = k + 1 if kept else k
+        point_pillar[i] = p if kept else -1
         point_slot[i] = k
-        sums[p, 0] += points[i, 0]
-        sums[p, 1] += points[i, 1]
-        sums[p, 2] += points[i, 2]
+    # Counting sort of the kept points by pillar, so the output is written front to back.
+    s = 0
     for p in range(n):
-        cnt = out_npoints[p]
-        means[p, 0] = np.float32(sums[p, 0] / cnt)
-        means[p, 1] = np.float32(sums[p, 1] / cnt)
-        means[p, 2] = np.float32(sums[p, 2] / cnt)
+        starts[p] = s
+        s += out_npoints[p]
         cell_to_pillar[out_index[p]] = -1
-    # Pass 2: write every kept point's full row once.
     for i in range(n_points):
         p = point_pillar[i]
-        if p < 0:
-            continue
-        k = point_slot[i]
-        c = out_index[p]
-        x = points[i, 0]
-        y = points[i, 1]
-        z = points[i, 2]
-        for j in range(n_cols):
-            out_features[p, k, j] = points[i, j]
-        out_features[p, k, n_cols] = x - means[p, 0]
-        out_features[p, k, n_cols + 1] = y - means[p, 1]
-        out_features[p, k, n_cols + 2] = z - means[p, 2]
-        out_features[p, k, n_cols + 3] = x - cx[c % nx]
-        out_features[p, k, n_cols + 4] = y - cy[c // nx]
-    # Clear what an earlier fill left beyond the new contents; mark the empty pillars.
+        if p >= 0:
+            order[starts[p] + point_slot[i]] = i
+    # Pass 2, per pillar: float64 mean of the kept points (in point order), then each row written once;
+    # rows an earlier fill left beyond the new count are cleared.
+    n_out = out_features.shape[2]
     for p in range(max_pillars):
-        lo = out_npoints[p] if p < n else 0
-        for k in range(lo, dirty[p]):
-            for j in range(out_features.shape[2]):
-                out_features[p, k, j] = 0.0
-        dirty[p] = lo
-        if p >= n:
+        cnt = 0
+        if p < n:
+            st = starts[p]
+            cnt = out_npoints[p]
+            sx = 0.0
+            sy = 0.0
+            sz = 0.0
+            for k in range(cnt):
+                i = order[st + k]
+                sx += points[i, 0]
+                sy += points[i, 1]
+                sz += points[i, 2]
+            mx = np.float32(sx / cnt)
+            my = np.float32(sy / cnt)
+            mz = np.float32(sz / cnt)
+            c = out_index[p]
+            ccx = cx[c % nx]
+            ccy = cy[c // nx]
+            for k in range(cnt):
+                i = order[st + k]
+                x = points[i, 0]
+                y = points[i, 1]
+                z = points[i, 2]
+                for j in range(n_cols):
+                    out_features[p, k, j] = points[i, j]
+                out_features[p, k, n_cols] = x - mx
+                out_features[p, k, n_cols + 1] = y - my
+                out_features[p, k, n_cols + 2] = z - mz
+                out_features[p, k, n_cols + 3] = x - ccx
+                out_features[p, k, n_cols + 4] = y - ccy
+        else:
             out_index[p] = n_cells
             out_npoints[p] = 0
+        for k in range(cnt, dirty[p]):
+            for j in range(n_out):
+                out_features[p, k, j] = 0.0
+        dirty[p] = cnt
     return n
 
 
@@ -174,26 +187,22 @@ class Pillarizer:
         self.npoints = np.zeros(max_pillars, np.int32)
         self._consts = _grid_scalars(grid)
         self._cell_to_pillar = np.full(grid.n_cells, -1, np.int32)
-        self._sums = np.zeros((max_pillars, 3), np.float64)
-        self._means = np.zeros((max_pillars, 3), np.float32)
+        self._starts = np.zeros(max_pillars, np.int32)
         self._dirty = np.zeros(max_pillars, np.int32)
-        self._point_pillar = np.zeros(0, np.int32)
-        self._point_slot = np.zeros(0, np.int32)
+        self._point_scratch = np.zeros((3, 0), np.int32)  # point_pillar, point_slot, order; grows
 
     def __call__(self, points: np.ndarray) -> int:
         """Pillarize ``points`` ((N, C) float32, x y z [m] ego frame then C-3 features) into ``features``,
         ``index``, ``npoints``; returns the number of pillars filled (see :func:`pillarize`)."""
-        _check_pillar_buffers("Pillarizer", points, self.grid, self.features, self.index, self.npoints)
-        if points.shape[1] != self.n_features:
+        if isinstance(points, np.ndarray) and points.ndim == 2 and points.shape[1] != self.n_features:
             raise ValueError(f"Pillarizer: built for {self.n_features}-column points, got {points.shape[1]} columns")
+        _check_pillar_buffers("Pillarizer", points, self.grid, self.features, self.index, self.npoints)
         points = np.ascontiguousarray(points)
-        if len(points) > len(self._point_pillar):
-            cap = max(len(points), 2 * len(self._point_pillar), 1024)
-            self._point_pillar = np.empty(cap, np.int32)
-            self._point_slot = np.empty(cap, np.int32)
+        if len(points) > self._point_scratch.shape[1]:
+            self._point_scratch = np.empty((3, max(len(points), 2 * self._point_scratch.shape[1], 1024)), np.int32)
+        pp, ps, order = self._point_scratch
         return int(_pillarize_kernel(points, *self._consts, self.features, self.index, self.npoints,
-                                     self._cell_to_pillar, self._sums, self._means, self._point_pillar,
-                                     self._point_slot, self._dirty))
+                                     self._cell_to_pillar, pp, ps, self._starts, order, self._dirty))
 
 
 def pillarize(points: np.ndarray, grid: BevGrid, out_features: np.ndarray, out_index: np.ndarray,
@@ -223,9 +232,9 @@ def pillarize(points: np.ndarray, grid: BevGrid, out_features: np.ndarray, out_i
     points = np.ascontiguousarray(points)
     p, m = out_features.shape[:2]
     n = len(points)
+    pp, ps, order = np.empty((3, n), np.int32)
     return int(_pillarize_kernel(points, *_grid_scalars(grid), out_features, out_index, out_npoints,
-                                 np.full(grid.n_cells, -1, np.int32), np.empty((p, 3), np.float64),
-                                 np.empty((p, 3), np.float32), np.empty(n, np.int32), np.empty(n, np.int32),
+                                 np.full(grid.n_cells, -1, np.int32), pp, ps, np.empty(p, np.int32), order,
                                  np.full(p, m, np.int32)))
 
 
@@ -285,7 +294,7 @@ def _check_bev_pool(where: str, depth: np.ndarray, feats: np.ndarray, cell_index
     if not isinstance(depth, np.ndarray) or depth.ndim != 4 or depth.dtype != np.float32:
         raise ValueError(f"{where}: depth must be (Ncam, D, h, w) float32, got {getattr(depth, 'shape', None)} "
                          f"{getattr(depth, 'dtype', None)}")
-    ncam, d, h, w = depth.shape
+    ncam, _, h, w = depth.shape
     if geometry is not None and depth.shape != geometry:
         raise ValueError(f"{where}: depth shape {depth.shape} differs from the plan's frustum {geometry}")
     if (not isinstance(feats, np.ndarray) or feats.ndim != 4 or feats.dtype != np.float32
@@ -304,36 +313,91 @@ def _check_bev_pool(where: str, depth: np.ndarray, feats: np.ndarray, cell_index
 
 
 @nb.njit(nogil=True, cache=True)
-def _bev_pool_kernel(depth, feats, cell_index, out, acc):
-    """Channel-major scatter: one float64 accumulator row per channel (acc: (n_cells,) float64 scratch).
+def _bev_pool_sort(cell_index, n_cells, counts, point_depth, point_row, cells, starts):
+    """Stable counting sort of the frustum points by BEV cell; within a cell the points keep (n, d, y, x)
+    order, the order the sums run in.
 
-    Returns the number of cell indices >= n_cells or < -1 (invalid; then out is unspecified)."""
-    ncam, nd, h, w = depth.shape
-    nc, n_cells = out.shape
-    hw = h * w
+    Args: cell_index (Ncam, D, h*w) int64; counts (n_cells + 1,) int64 scratch. Outputs: point_depth
+    (>= npts,) int64 flat index into depth; point_row (>= npts,) int64 row ``n * h*w + pixel`` of the
+    channels-last features; cells (>= n_cells,) occupied cells ascending; starts (>= n_cells + 1,) their
+    bounds in the sorted order. Returns (sorted points, occupied cells), or (-bad, 0) when ``bad`` indices
+    lie outside [-1, n_cells).
+    """
+    ncam, nd, hw = cell_index.shape
+    counts[:] = 0
     bad = 0
-    dflat = depth.reshape(ncam, nd, hw)
-    ffl = feats.reshape(ncam, nc, hw)
-    iflat = cell_index.reshape(ncam, nd, hw)
     for n in range(ncam):
         for d in range(nd):
             for i in range(hw):
-                cc = iflat[n, d, i]
-                if cc >= n_cells or cc < -1:
+                c = cell_index[n, d, i]
+                if c >= 0 and c < n_cells:
+                    counts[c + 1] += 1
+                elif c != -1:
                     bad += 1
     if bad:
-        return bad
-    for c in range(nc):
+        return -bad, 0
+    m = 0
+    for c in range(n_cells):
+        if counts[c + 1] > 0:
+            cells[m] = c
+            starts[m] = counts[c]
+            m += 1
+        counts[c + 1] += counts[c]
+    starts[m] = counts[n_cells]
+    for n in range(ncam):
+        for d in range(nd):
+            for i in range(hw):
+                c = cell_index[n, d, i]
+                if c >= 0:
+                    j = counts[c]
+                    point_depth[j] = (n * nd + d) * hw + i
+                    point_row[j] = n * hw + i
+                    counts[c] = j + 1
+    return starts[m], m
+
+
+@nb.njit(nogil=True, cache=True)
+def _bev_pool_sorted(depth, feats, point_depth, point_row, cells, starts, out, feats_t, acc, pooled):
+    """Pool the sorted frustum points (see :func:`_bev_pool_sort`): each occupied cell's points are summed
+    in float64, then out is written row by row (zeros and the pooled values of that channel).
+
+    Scratch: feats_t (Ncam * h*w, C) float32 (channels-last copy, so the inner loop is contiguous);
+    acc (C,) float64; pooled (C, >= occupied cells) float32."""
+    ncam, nc, h, w = feats.shape
+    hw = h * w
+    ffl = feats.reshape(ncam, nc, hw)
+    dfl = depth.reshape(-1)
+    for n in range(ncam):
+        for c in range(nc):
+            for i in range(hw):
+                feats_t[n * hw + i, c] = ffl[n, c, i]
+    for k in range(len(cells)):
         acc[:] = 0.0
-        for n in range(ncam):
-            for d in range(nd):
-                for i in range(hw):
-                    cc = iflat[n, d, i]
-                    if cc >= 0:
-                        acc[cc] += dflat[n, d, i] * ffl[n, c, i]
-        for j in range(n_cells):
-            out[c, j] = np.float32(acc[j])
-    return 0
+        for j in range(starts[k], starts[k + 1]):
+            wgt = dfl[point_depth[j]]
+            r = point_row[j]
+            for c in range(nc):
+                acc[c] += wgt * feats_t[r, c]  # float32 product, float64 sum
+        for c in range(nc):
+            pooled[c, k] = np.float32(acc[c])
+    # Row by row: each (C, n_cells) row stays in cache while its cells are scattered into it.
+    for c in range(nc):
+        out[c, :] = 0.0
+        for k in range(len(cells)):
+            out[c, cells[k]] = pooled[c, k]
+
+
+def _sort_frustum(where: str, cell_index: np.ndarray, n_cells: int) -> tuple[np.ndarray, ...]:
+    """(point_depth, point_row, cells, starts) of :func:`_bev_pool_sort`, trimmed; ValueError on bad indices."""
+    ncam, nd, h, w = cell_index.shape
+    npts = cell_index.size
+    point_depth, point_row = np.empty(npts, np.int64), np.empty(npts, np.int64)
+    cells, starts = np.empty(n_cells, np.int64), np.empty(n_cells + 1, np.int64)
+    n_sorted, m = _bev_pool_sort(np.ascontiguousarray(cell_index).reshape(ncam, nd, h * w), n_cells,
+                                 np.empty(n_cells + 1, np.int64), point_depth, point_row, cells, starts)
+    if n_sorted < 0:
+        raise ValueError(f"{where}: {-n_sorted} cell_index values outside [-1, {n_cells})")
+    return point_depth[:n_sorted], point_row[:n_sorted], cells[:m], starts[:m + 1]
 
 
 def bev_pool(depth: np.ndarray, feats: np.ndarray, cell_index: np.ndarray, out: np.ndarray) -> None:
@@ -346,70 +410,44 @@ def bev_pool(depth: np.ndarray, feats: np.ndarray, cell_index: np.ndarray, out: 
             outside the grid.
         out: (C, n_cells) float32, overwritten: ``out[c, cell] = sum depth[n,d,y,x] * feats[n,c,y,x]`` over
             the frustum points in that cell (each product in float32, summed in float64 in (n, d, y, x)
-            order, rounded to float32 once). View it as (C, ny, nx).
+            order, rounded to float32 once); 0 where no point falls. View it as (C, ny, nx).
     Raises:
         ValueError: mismatched shapes or dtypes, or a cell index outside [-1, n_cells).
 
-    For a static rig, :class:`BevPoolPlan` sorts the frustum once and pools faster.
+    Sorts the frustum points by cell on every call (a counting sort); with a static rig,
+    :class:`BevPoolPlan` does that once and gives the same result faster.
     """
     _check_bev_pool("bev_pool", depth, feats, cell_index, out)
-    depth, feats, cell_index = (np.ascontiguousarray(a) for a in (depth, feats, cell_index))
-    bad = _bev_pool_kernel(depth, feats, cell_index, out, np.empty(out.shape[1], np.float64))
-    if bad:
-        raise ValueError(f"bev_pool: {bad} cell_index values outside [-1, {out.shape[1]})")
+    ncam, nc, h, w = feats.shape
+    sorted_frustum = _sort_frustum("bev_pool", cell_index, out.shape[1])
+    _bev_pool_sorted(np.ascontiguousarray(depth), np.ascontiguousarray(feats), *sorted_frustum, out,
+                     np.empty((ncam * h * w, nc), np.float32), np.empty(nc, np.float64),
+                     np.empty((nc, len(sorted_frustum[2])), np.float32))
 
 
 def bev_pool_reference(depth: np.ndarray, feats: np.ndarray, cell_index: np.ndarray, out: np.ndarray) -> None:
     """:func:`bev_pool` in plain numpy (same arguments, same result bit for bit)."""
     _check_bev_pool("bev_pool_reference", depth, feats, cell_index, out)
     nc, n_cells = out.shape
-    if cell_index.size and (cell_index.max() >= n_cells or cell_index.min() < -1):
-        bad = int(np.count_nonzero((cell_index >= n_cells) | (cell_index < -1)))
+    bad = int(np.count_nonzero((cell_index >= n_cells) | (cell_index < -1)))
+    if bad:
         raise ValueError(f"bev_pool_reference: {bad} cell_index values outside [-1, {n_cells})")
-    ncam, nd, h, w = depth.shape
     valid = cell_index >= 0
     cells = cell_index[valid]
-    cam, _, yy, xx = np.nonzero(valid)  # (n, d, y, x) order, the same order the kernel sums in
+    cam, _, yy, xx = np.nonzero(valid)  # (n, d, y, x) order, the order the kernel sums in
     wts = depth[valid]
     for c in range(nc):
         # float32 products; bincount sums them in float64 in index order.
         out[c] = np.bincount(cells, weights=wts * feats[cam, c, yy, xx], minlength=n_cells)
 
 
-@nb.njit(nogil=True, cache=True)
-def _bev_pool_plan_kernel(depth, feats, point_depth, point_pixel, point_cam, starts, cells, out, feats_t, acc):
-    """Interval pooling: for each occupied cell sum its (sorted) frustum points in float64 registers.
-
-    feats_t: (Ncam, h*w, C) float32 scratch (channels-last copy so the inner loop is contiguous);
-    acc: (C,) float64 scratch."""
-    ncam, nc, h, w = feats.shape
-    hw = h * w
-    ffl = feats.reshape(ncam, nc, hw)
-    dfl = depth.reshape(-1)
-    for n in range(ncam):
-        for c in range(nc):
-            for i in range(hw):
-                feats_t[n, i, c] = ffl[n, c, i]
-    out[:] = 0.0
-    for k in range(len(cells)):
-        acc[:] = 0.0
-        for j in range(starts[k], starts[k + 1]):
-            wgt = dfl[point_depth[j]]
-            f = feats_t[point_cam[j], point_pixel[j]]
-            for c in range(nc):
-                acc[c] += wgt * f[c]
-        cell = cells[k]
-        for c in range(nc):
-            out[c, cell] = np.float32(acc[c])
-
-
 class BevPoolPlan:
-    """:func:`bev_pool` for a fixed ``cell_index`` (static camera geometry): the frustum points are sorted by
-    BEV cell once here, so each call sums every occupied cell's points in registers.
+    """:func:`bev_pool` for a fixed ``cell_index`` (static camera geometry, computed once from the rig): the
+    frustum points are sorted by BEV cell here, once, so a call only pools.
 
     Args:
         cell_index: (Ncam, D, h, w) int64 linear BEV cell per frustum point, -1 = outside the grid.
-        n_cells: cells of the BEV grid (``grid.n_cells``); out of ``__call__`` is (C, n_cells).
+        n_cells: cells of the BEV grid (``grid.n_cells``); ``out`` of a call is (C, n_cells).
     Raises:
         ValueError: wrong dtype/shape or a cell index outside [-1, n_cells).
     """
@@ -418,34 +456,26 @@ class BevPoolPlan:
         if not isinstance(cell_index, np.ndarray) or cell_index.ndim != 4 or cell_index.dtype != np.int64:
             raise ValueError(f"BevPoolPlan: cell_index must be (Ncam, D, h, w) int64, got "
                              f"{getattr(cell_index, 'shape', None)} {getattr(cell_index, 'dtype', None)}")
-        bad = int(np.count_nonzero((cell_index >= n_cells) | (cell_index < -1)))
-        if bad:
-            raise ValueError(f"BevPoolPlan: {bad} cell_index values outside [-1, {n_cells})")
         self.shape = tuple(cell_index.shape)
         self.n_cells = int(n_cells)
-        ncam, nd, h, w = self.shape
-        flat = cell_index.reshape(-1)
-        valid = np.flatnonzero(flat >= 0)
-        # Stable: within a cell the points keep (n, d, y, x) order, the order bev_pool sums in.
-        order = valid[np.argsort(flat[valid], kind="stable")]
-        sorted_cells = flat[order]
-        bounds = np.flatnonzero(np.diff(sorted_cells)) + 1
-        self.cells = sorted_cells[np.concatenate([[0], bounds])] if len(order) else np.zeros(0, np.int64)
-        self.starts = np.concatenate([[0], bounds, [len(order)]]).astype(np.int64) if len(order) else np.zeros(1, np.int64)
-        self.point_depth = order.astype(np.int64)
-        self.point_cam = (order // (nd * h * w)).astype(np.int64)
-        self.point_pixel = (order % (h * w)).astype(np.int64)
+        self._sorted = _sort_frustum("BevPoolPlan", cell_index, self.n_cells)
+        self._feats_t = np.zeros((0, 0), np.float32)
+        self._acc = np.zeros(0, np.float64)
+        self._pooled = np.zeros((0, 0), np.float32)
 
     def __call__(self, depth: np.ndarray, feats: np.ndarray, out: np.ndarray) -> None:
         """Same as ``bev_pool(depth, feats, cell_index, out)`` with the plan's cell_index (same result bit
-        for bit). Allocates a small channels-last copy of ``feats`` per call."""
+        for bit). Not safe to call from two threads at once (it reuses its scratch)."""
         _check_bev_pool("BevPoolPlan", depth, feats, None, out, self.shape)
         if out.shape[1] != self.n_cells:
             raise ValueError(f"BevPoolPlan: out has {out.shape[1]} cells, the plan was built for {self.n_cells}")
-        depth, feats = np.ascontiguousarray(depth), np.ascontiguousarray(feats)
         ncam, nc, h, w = feats.shape
-        _bev_pool_plan_kernel(depth, feats, self.point_depth, self.point_pixel, self.point_cam, self.starts,
-                              self.cells, out, np.empty((ncam, h * w, nc), np.float32), np.empty(nc, np.float64))
+        if self._feats_t.shape != (ncam * h * w, nc):
+            self._feats_t = np.empty((ncam * h * w, nc), np.float32)
+            self._acc = np.empty(nc, np.float64)
+            self._pooled = np.empty((nc, len(self._sorted[2])), np.float32)
+        _bev_pool_sorted(np.ascontiguousarray(depth), np.ascontiguousarray(feats), *self._sorted, out,
+                         self._feats_t, self._acc, self._pooled)
 
 
 # ============================================================================================ heatmap peaks
@@ -467,21 +497,24 @@ def _heatmap_peaks_kernel(heat, threshold, top_k):
         for y in range(nh):
             y0 = max(y - 1, 0)
             y1 = min(y + 2, nh)
+            row = heat[k, y]
             for x in range(nw):
-                v = heat[k, y, x]
-                if not (v >= threshold):
-                    continue
-                x0 = max(x - 1, 0)
-                x1 = min(x + 2, nw)
-                peak = True
-                for yy in range(y0, y1):
-                    for xx in range(x0, x1):
-                        if not (v >= heat[k, yy, xx]):  # NaN in the neighbourhood: no peak
-                            peak = False
-                if peak:
-                    flat[m] = (k * nh + y) * nw + x
-                    score[m] = v
-                    m += 1
+                v = row[x]
+                if v >= threshold:
+                    x0 = max(x - 1, 0)
+                    x1 = min(x + 2, nw)
+                    peak = True
+                    for yy in range(y0, y1):
+                        for xx in range(x0, x1):
+                            if not (v >= heat[k, yy, xx]):  # a NaN neighbour fails too: no peak
+                                peak = False
+                                break
+                        if not peak:
+                            break
+                    if peak:
+                        flat[m] = (k * nh + y) * nw + x
+                        score[m] = v
+                        m += 1
     # Candidates are in (label, iy, ix) order; a stable sort by descending score keeps that for ties.
     order = np.argsort(-score[:m], kind="mergesort")
     r = min(m, top_k)
@@ -498,7 +531,10 @@ def _heatmap_peaks_kernel(heat, threshold, top_k):
     return labels, iy, ix, scores
 
 
-def heatmap_peaks(heat: np.ndarray, threshold: float, top_k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+Peaks = tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]  # labels, iy, ix (int32), scores (float32)
+
+
+def heatmap_peaks(heat: np.ndarray, threshold: float, top_k: int) -> Peaks:
     """Local maxima of a class heatmap (CenterPoint-style decoding without the max-pool tensor).
 
     Args:
@@ -515,10 +551,10 @@ def heatmap_peaks(heat: np.ndarray, threshold: float, top_k: int) -> tuple[np.nd
     return _heatmap_peaks_kernel(np.ascontiguousarray(heat), np.float32(threshold), int(top_k))
 
 
-def heatmap_peaks_reference(heat: np.ndarray, threshold: float, top_k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+def heatmap_peaks_reference(heat: np.ndarray, threshold: float, top_k: int) -> Peaks:
     """:func:`heatmap_peaks` in plain numpy (same arguments, same result)."""
     _check_heat("heatmap_peaks_reference", heat, top_k)
-    nk, nh, nw = heat.shape
+    _, nh, nw = heat.shape
     padded = np.pad(heat, ((0, 0), (1, 1), (1, 1)), constant_values=-np.inf)
     mx = heat.copy()
     for dy in range(3):
@@ -532,9 +568,11 @@ def heatmap_peaks_reference(heat: np.ndarray, threshold: float, top_k: int) -> t
 
 
 # ============================================================================================ circle NMS
-def _check_nms(where: str, xy: np.ndarray, scores: np.ndarray, labels: np.ndarray, radius_per_class: np.ndarray) -> None:
+def _check_nms(where: str, xy: np.ndarray, scores: np.ndarray, labels: np.ndarray,
+               radius_per_class: np.ndarray) -> None:
     if not isinstance(xy, np.ndarray) or xy.ndim != 2 or xy.shape[1] != 2 or xy.dtype != np.float32:
-        raise ValueError(f"{where}: xy must be (N, 2) float32, got {getattr(xy, 'shape', None)} {getattr(xy, 'dtype', None)}")
+        raise ValueError(f"{where}: xy must be (N, 2) float32, got {getattr(xy, 'shape', None)} "
+                         f"{getattr(xy, 'dtype', None)}")
     n = len(xy)
     if not isinstance(scores, np.ndarray) or scores.shape != (n,) or scores.dtype != np.float32:
         raise ValueError(f"{where}: scores must be ({n},) float32, got {getattr(scores, 'shape', None)} "
@@ -599,7 +637,8 @@ def circle_nms(xy: np.ndarray, scores: np.ndarray, labels: np.ndarray, radius_pe
                               np.ascontiguousarray(radius_per_class))
 
 
-def circle_nms_reference(xy: np.ndarray, scores: np.ndarray, labels: np.ndarray, radius_per_class: np.ndarray) -> np.ndarray:
+def circle_nms_reference(xy: np.ndarray, scores: np.ndarray, labels: np.ndarray,
+                         radius_per_class: np.ndarray) -> np.ndarray:
     """:func:`circle_nms` in plain numpy (same arguments, same result)."""
     _check_nms("circle_nms_reference", xy, scores, labels, radius_per_class)
     n = len(scores)

@@ -102,7 +102,7 @@ class Pipeline:
 
     def __init__(self, frontend: Frontend, net_cfg: NetworkConfig, camera_net, bev_net, cell_index: np.ndarray,
                  decoder: Decoder, siren=None, timer: StageTimer | None = None):
-        from perception.kernels import Pillarizer
+        from perception.kernels import BevPoolPlan, Pillarizer
 
         self.frontend = frontend
         self.cfg = net_cfg
@@ -127,11 +127,14 @@ class Pipeline:
         }
         self._images = np.zeros((c.n_cameras, 3, c.image_height, c.image_width), np.float32)
         self._depth = np.zeros((c.n_cameras, c.depth_bins, c.feature_height, c.feature_width), np.float32)
+        self._pool_plan = BevPoolPlan(cell_index, g.n_cells)  # frustum sorted by cell once (static geometry)
         self.last_inputs: FrameInputs | None = None
 
     def __call__(self, frame: SyncedFrame) -> Detections3D:
         lap = self.timer.start(frame.stamp_ns)
         x = self.frontend(frame)
+        if self.siren is not None:
+            self.siren.start(frame)  # audio scoring overlaps the networks (worker thread)
         lap("align")
         f = self._feeds
         self._lidar_pillarizer(x.lidar_points)
@@ -154,10 +157,13 @@ class Pipeline:
         self.last_inputs = x
         return dets
 
-    def _pool(self, depth, features, out) -> None:
-        from perception.kernels import bev_pool
+    @property
+    def last_missing(self) -> frozenset[str]:
+        """Sensors missing from the last frame, those dropped on purpose included."""
+        return self.last_inputs.missing if self.last_inputs is not None else frozenset()
 
-        bev_pool(depth, features, self.cell_index, out)
+    def _pool(self, depth, features, out) -> None:
+        self._pool_plan(depth, features, out)
 
 
 def checkpoint_hash(path: Path) -> str:

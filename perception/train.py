@@ -459,3 +459,35 @@ def train(cfg: TrainConfig, out_dir: str | Path, progress: bool = True) -> Path:
     save(final, final=True)
     (out / "history.json").write_text(json.dumps(history, indent=1))
     return final
+
+
+def int8_calibration(checkpoint: str | Path, n_frames: int = 64, progress: bool = True):
+    """INT8 calibration feeds for TensorRT, made from the simulated validation drives (the frames the
+    networks see at run time: same frontend, same pillarization, camera BEV pooled by the checkpoint's own
+    camera network). Returns ``spec -> iterable of feeds`` as :func:`perception.export.export_all` takes it."""
+    import torch
+
+    from perception.models.networks import camera_bev_torch
+    from perception.training_data import Drive
+
+    det, net_cfg, _ = detector_from_checkpoint(checkpoint)
+    cfg = TrainConfig()
+    drives = [Drive.load(p) for p in generate_drives(val_drives(cfg), Path(cfg.data_cache), progress=progress)]
+    builder = SampleBuilder(net_cfg, MODALITIES, 0.0, False)
+    picks = [(k % len(drives), (k * 7) % len(drives[k % len(drives)])) for k in range(n_frames)]
+
+    def feeds(spec):
+        for d, i in picks:
+            b = builder.build([drives[d]], [(0, i)], np.random.default_rng(0), train=False)
+            if spec.name == "camera":
+                yield {"images": b.images}
+                continue
+            with torch.inference_mode():
+                depth, feats = det.camera(torch.from_numpy(b.images))
+                depth = depth * torch.from_numpy(b.camera_present).reshape(-1, 1, 1, 1)
+                cam_bev = camera_bev_torch(depth, feats, det.cell_index, net_cfg.grid.n_cells, net_cfg.grid.ny,
+                                           net_cfg.grid.nx).numpy()
+            yield {"lidar_pillars": b.lidar_pillars, "lidar_index": b.lidar_index, "radar_pillars": b.radar_pillars,
+                   "radar_index": b.radar_index, "camera_bev": cam_bev, "presence": b.presence}
+
+    return feeds

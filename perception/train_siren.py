@@ -11,7 +11,9 @@ CLIP_S of 16 kHz mono audio:
   and mechanical (spin-up / coast-down, rotating-horn modulation). Each is heard from a vehicle passing
   at 0-30 m/s (Doppler, 1 / r), optionally with a ground reflection, reverberation, band limiting,
   partial presence in the clip, clipping and 16-bit quantisation.
-* negative: the same backgrounds without a siren: a noise floor (road, wind, white / pink / brown) and
+* negative: the same backgrounds without a siren (half of them with a tonal decoy - horn, beeper,
+  machinery, music, bells, whistling wind, voice, barking, engine, train - mixed in exactly as a siren
+  would be: same SNR range and street acoustics): a noise floor (road, wind, white / pink / brown) and
   0-3 events from: engine (idle, revving), horn beeps and chords, reversing beeper, speech and babble,
   barking, birdsong chirps, rain and impulsive clicks, hammering, music (notes, chords, vibrato), church
   bells, aircraft and helicopter, train (rumble, wheel clacks, brake squeal), machinery whine and
@@ -38,7 +40,7 @@ from pathlib import Path
 import numpy as np
 
 from calibration.yamlconf import load_yaml_file, to_dict
-from drivers.sim_audio import SIREN_HARMONICS, SPEED_OF_SOUND_MPS, siren_phase_cycles
+from drivers.sim_audio import SIREN_HARMONICS, SPEED_OF_SOUND_MPS, siren_frequency, siren_phase_cycles
 from perception.audio import FEATURE_RATE_HZ, N_FRAMES, N_MELS, log_mel
 
 FS = FEATURE_RATE_HZ
@@ -287,19 +289,37 @@ def _siren_frequency(rng: np.random.Generator, style: str, tau: np.ndarray) -> n
 
 
 SIREN_STYLES = ("sim_wail", "sim_yelp", "wail", "yelp", "hilo", "mechanical")
-SIREN_STYLE_P = (0.17, 0.17, 0.2, 0.16, 0.17, 0.13)
+SIREN_STYLE_P = (0.16, 0.16, 0.18, 0.15, 0.22, 0.13)
+
+
+MIN_SWEEP_RATIO = 1.15  # a siren's emitted pitch spans at least this ratio within any network window
+
+
+def _sweeps(f_emit: np.ndarray) -> bool:
+    """True when the emitted fundamental spans MIN_SWEEP_RATIO within both the first and the last
+    window of the clip (the crops furthest apart): a window showing a steady tone is not labelled siren,
+    since a horn or a whistle looks the same there."""
+    w = min(len(f_emit), int(round(FS * 1.0)))
+    return all(part.max() >= MIN_SWEEP_RATIO * part.min() for part in (f_emit[:w], f_emit[-w:]))
 
 
 def _one_siren(rng: np.random.Generator, n: int) -> np.ndarray:
-    """One siren as heard from a passing vehicle (unit rms)."""
+    """One siren as heard from a passing vehicle (unit rms); its pitch sweeps within every window."""
     style = SIREN_STYLES[rng.choice(len(SIREN_STYLES), p=SIREN_STYLE_P)]
     tau, amp = _pass_by(rng, n)
+    for _ in range(50):  # redraw the siren's parameters until it sweeps (a few tries at most)
+        if style.startswith("sim_"):
+            kind = 1 if style == "sim_wail" else 2
+            period = rng.uniform(2.0, 8.0) if kind == 1 else rng.uniform(0.12, 0.5)
+            scale = math.exp(rng.uniform(math.log(0.45), math.log(1.6)))
+            te = tau + rng.uniform(0.0, 1000.0)
+            f_emit = scale * siren_frequency(kind, te, period)
+        else:
+            f_emit = _siren_frequency(rng, style, tau)
+        if _sweeps(f_emit):
+            break
     if style.startswith("sim_"):
-        kind = 1 if style == "sim_wail" else 2
-        period = rng.uniform(2.0, 8.0) if kind == 1 else rng.uniform(0.12, 0.5)
-        scale = math.exp(rng.uniform(math.log(0.45), math.log(1.6)))
-        te = tau + rng.uniform(0.0, 1000.0)
-        phase = scale * siren_phase_cycles(kind, te, period)
+        phase = scale * siren_phase_cycles(kind, te, period)  # exact, Doppler included through tau
         freq = np.gradient(phase) * FS
         n_max = 12
         if rng.random() < 0.4:
@@ -309,7 +329,6 @@ def _one_siren(rng: np.random.Generator, n: int) -> np.ndarray:
         else:
             amps = _harmonic_amps(rng, n_max)
     else:
-        f_emit = _siren_frequency(rng, style, tau)
         freq = f_emit * np.gradient(tau) * FS  # Doppler: received frequency = emitted x dtau/dt
         phase = _phase(freq) + rng.uniform()
         amps = _harmonic_amps(rng, 14)
@@ -394,14 +413,27 @@ def _random_resonance(rng):
 
 
 def _horn(rng, n):
-    """Car or truck horn: one or two steady tones (a chord), rich harmonics, honks of 0.08-1.5 s."""
+    """Car or truck horn: one or two steady tones (a chord), rich harmonics, honks of 0.08-1.5 s, each
+    honk a little off the last in pitch (supply voltage, another car); from a passing car it glides by the
+    Doppler shift."""
     f0 = math.exp(rng.uniform(math.log(150), math.log(700)))
-    freqs = [f0] + ([f0 * rng.uniform(1.18, 1.35)] if rng.random() < 0.6 else [])
+    ratios = [1.0] + ([rng.uniform(1.18, 1.35)] if rng.random() < 0.6 else [])
+    doppler = np.gradient(_pass_by(rng, n)[0]) * FS if rng.random() < 0.3 else np.ones(n)
+    if rng.random() < 0.4:
+        gate, detune = np.ones(n), np.ones(n)
+    else:
+        gate = _envelope_bursts(rng, n, (0.08, 1.5), (0.05, 0.8))
+        # a new pitch offset wherever the gate switches on
+        onsets = np.flatnonzero(np.diff((gate > 0.5).astype(int)) > 0)
+        detune = np.ones(n)
+        for a in onsets:
+            detune[a:] = 1.0 + rng.normal(0.0, 0.025)
     x = np.zeros(n)
-    for f in freqs:
-        ff = f * (1 + rng.uniform(-0.01, 0.01) * np.linspace(0, 1, n)) * (1 + 0.003 * _smooth_random(rng, n, 3))
-        x += _tone(_phase(ff) + rng.uniform(), ff, _harmonic_amps(rng, 20))
-    gate = np.ones(n) if rng.random() < 0.3 else _envelope_bursts(rng, n, (0.08, 1.5), (0.05, 0.8))
+    amps = _harmonic_amps(rng, 20)
+    for r in ratios:
+        ff = f0 * r * detune * doppler * (1 + rng.uniform(-0.01, 0.01) * np.linspace(0, 1, n))
+        ff = ff * (1 + 0.003 * _smooth_random(rng, n, 3))
+        x += _tone(_phase(ff) + rng.uniform(), ff, amps)
     return _unit(x * gate)
 
 
@@ -430,8 +462,13 @@ def _voice(rng, n, f0_range=(85.0, 280.0)):
     f0_ctl = f0[np.minimum(np.arange(n_ctl) * 160, n - 1)]
     h = np.arange(1, n_h + 1)[:, None]
     gain = sum(1.0 / (1.0 + ((h * f0_ctl - F[None, :, k]) / (60.0 + 40 * k)) ** 2) for k in range(3))  # (H, ctl)
-    frac = phase - np.floor(phase)
-    x = np.einsum("ht,ht->t", (h ** -1.0 * gain)[:, idx], np.sin(2 * np.pi * h * frac[None, :]))
+    weights = h ** -1.0 * gain  # (H, ctl): harmonic amplitude through the vocal tract
+    x = np.zeros(n)
+    arg = 2.0 * np.pi * (phase - np.floor(phase))
+    s_prev, s_cur, c2 = np.zeros(n), np.sin(arg), 2.0 * np.cos(arg)
+    for k in range(n_h):  # sin((k + 1) x) by the Chebyshev recurrence
+        x += weights[k, idx] * s_cur
+        s_prev, s_cur = s_cur, c2 * s_cur - s_prev
     env = np.clip(np.sin(np.pi * np.interp(_t(n), np.concatenate([[0], syll]), np.arange(41) + 0.0) % 1.0), 0, 1)
     gaps = _envelope_bursts(rng, n, (0.3, 1.5), (0.05, 0.4), ramp_s=0.03)
     voiced = _unit(x) * env * gaps
@@ -442,7 +479,7 @@ def _voice(rng, n, f0_range=(85.0, 280.0)):
 
 def _babble(rng, n):
     """Several talkers at once."""
-    return _unit(sum(_voice(rng, n) * rng.uniform(0.3, 1.0) for _ in range(rng.integers(3, 7))))
+    return _unit(sum(_voice(rng, n) * rng.uniform(0.3, 1.0) for _ in range(rng.integers(2, 5))))
 
 
 def _bark(rng, n):
@@ -491,30 +528,55 @@ def _rain(rng, n):
     return _unit(_unit(x) + rng.uniform(0, 0.5) * _colored(rng, n))
 
 
+BELL_RATIOS = np.array([0.5, 1.0, 1.19, 1.5, 2.0, 2.5, 2.67, 3.0, 4.0, 5.33, 6.1, 7.2])  # hum, prime, tierce...
+
+
+def _strike(rng, n, t0, f0, n_partials, decay_s, out):
+    """Add one strike at t0 [s] (may be before the clip) of a bell / metal object with fundamental f0."""
+    ratios = BELL_RATIOS[:n_partials] * (1 + rng.normal(0, 0.02, n_partials))
+    start = int(max(t0, 0.0) * FS)
+    if start >= n:
+        return
+    tt = np.arange(start, n) / FS - t0
+    for r in ratios:
+        f = f0 * r
+        if f > NYQUIST_GUARD_HZ:
+            continue
+        tau = decay_s * rng.uniform(0.3, 1.0) / max(r, 0.5) ** 0.5
+        out[start:] += rng.uniform(0.2, 1.0) * np.exp(-tt / tau) * np.sin(2 * np.pi * f * tt + rng.uniform(0, 6))
+    if t0 >= 0:  # the clapper's impact: a broadband click
+        m = min(int(0.01 * FS), n - start)
+        out[start:start + m] += rng.normal(size=m) * np.exp(-np.arange(m) / (0.002 * FS)) * rng.uniform(1, 4)
+
+
 def _ringing(rng, n, f0, n_partials, decay_s):
-    """Inharmonic struck partials (bells, metal) at random strike times; (n,) envelope-shaped sum."""
-    ratios = np.array([0.5, 1.0, 1.19, 1.5, 2.0, 2.5, 2.67, 3.0, 4.0, 5.33, 6.1, 7.2])[:n_partials]
-    ratios = ratios * (1 + rng.normal(0, 0.02, len(ratios)))
-    t = _t(n)
+    """Inharmonic struck partials (bells, metal) at 1-4 random strike times; (n,) sum."""
     x = np.zeros(n)
-    strikes = rng.uniform(-decay_s, n / FS, rng.integers(1, 5))
-    for t0 in strikes:
-        start = int(max(t0, 0.0) * FS)
-        tt = t[start:] - t0
-        for r in ratios:
-            f = f0 * r
-            if f > NYQUIST_GUARD_HZ:
-                continue
-            tau = decay_s * rng.uniform(0.3, 1.0) / max(r, 0.5) ** 0.5
-            x[start:] += rng.uniform(0.2, 1.0) * np.exp(-tt / tau) * np.sin(2 * np.pi * f * tt + rng.uniform(0, 6))
-        x[start:start + 80] += rng.normal(size=len(x[start:start + 80])) * 0.5  # strike transient
+    for t0 in rng.uniform(-decay_s, n / FS, rng.integers(1, 5)):
+        _strike(rng, n, t0, f0, n_partials, decay_s, x)
     return x
 
 
 def _bells(rng, n):
-    """Church / bicycle bells: one or several bells, inharmonic partials, long decays."""
-    x = sum(_ringing(rng, n, math.exp(rng.uniform(math.log(150), math.log(1500))), rng.integers(5, 12),
-                     rng.uniform(0.5, 4.0)) for _ in range(rng.integers(1, 4)))
+    """Church / bicycle bells: a few bells struck at random, or a peal (tuned bells rung in turn at a
+    steady pace, each ringing on), inharmonic partials, long decays."""
+    if rng.random() < 0.5:
+        x = sum(_ringing(rng, n, math.exp(rng.uniform(math.log(150), math.log(1500))), rng.integers(5, 12),
+                         rng.uniform(0.5, 4.0)) for _ in range(rng.integers(1, 4)))
+        return _unit(x)
+    n_bells = rng.integers(3, 9)
+    top = math.exp(rng.uniform(math.log(300), math.log(1500)))
+    tuning = top * 2.0 ** (-np.array([0, 2, 4, 5, 7, 9, 11, 12])[:n_bells] / 12.0)
+    pace = rng.uniform(0.2, 0.7)
+    decay = rng.uniform(0.8, 4.0)
+    n_partials = rng.integers(5, 12)
+    x = np.zeros(n)
+    t0 = -rng.uniform(0.0, 2.0)
+    k = rng.integers(n_bells)
+    while t0 < n / FS:
+        _strike(rng, n, t0, tuning[k % n_bells], n_partials, decay, x)
+        k += 1 if rng.random() < 0.8 else rng.integers(1, n_bells)
+        t0 += pace * rng.uniform(0.9, 1.1)
     return _unit(x)
 
 
@@ -614,6 +676,8 @@ FLOORS = (_road, _wind, _colored)
 EVENTS = (_engine, _horn, _beeper, _voice, _babble, _bark, _birds, _rain, _hammer, _music, _bells, _aircraft,
           _helicopter, _train, _machine, _whistle_wind)
 EVENT_NAMES = tuple(f.__name__.lstrip("_") for f in EVENTS)
+DECOYS = (_horn, _horn, _beeper, _machine, _music, _bells, _whistle_wind, _voice, _bark, _engine, _train)
+DECOY_FRACTION = 0.5  # share of negative clips built around a decoy
 
 
 def synth_background(rng: np.random.Generator, n: int = CLIP_SAMPLES) -> tuple[np.ndarray, str]:
@@ -629,7 +693,8 @@ def synth_background(rng: np.random.Generator, n: int = CLIP_SAMPLES) -> tuple[n
     for _ in range(rng.choice(4, p=(0.15, 0.45, 0.3, 0.1))):
         k = rng.integers(len(EVENTS))
         level = rng.uniform(-15.0, 30.0)
-        x = x + 10 ** (level / 20) * EVENTS[k](rng, n)
+        # The same street acoustics as the sirens get, so reverberation or a comb never means "siren".
+        x = x + 10 ** (level / 20) * _propagate(rng, EVENTS[k](rng, n))
         if level > loudest:
             name, loudest = EVENT_NAMES[k], level
     return _unit(x), name
@@ -664,9 +729,15 @@ def synth_clip(seed: int, split: int, index: int, positive_fraction: float, snr_
         x = np.zeros(n) if rng.random() < 0.5 else rng.normal(size=n) * 1e-4
         return _finish(rng, x) if x.any() else x.astype(np.float32), False, "silence", float("nan")
     background, name = synth_background(rng, n)
-    if not positive:
-        return _finish(rng, background), False, name, float("nan")
     snr = float(rng.uniform(*snr_db))
+    if not positive:
+        if rng.random() < DECOY_FRACTION:
+            # A tonal decoy placed exactly as a siren would be (same SNR range, same street acoustics), so
+            # "a tone stands out of the noise" alone never means siren.
+            k = rng.integers(len(DECOYS))
+            background = 10 ** (snr / 20) * _propagate(rng, DECOYS[k](rng, n)) + background
+            return _finish(rng, background), False, DECOYS[k].__name__.lstrip("_"), float("nan")
+        return _finish(rng, background), False, name, float("nan")
     siren = synth_siren(rng, n)
     if rng.random() < 0.15:  # the siren starts or stops inside the clip (present >= 60 % of it)
         keep = int(rng.uniform(0.6, 0.95) * n)
