@@ -51,7 +51,9 @@ The MCAP container is written here rather than with ``mcap.writer.Writer`` becau
 schema and channel records inside chunks (a killed file then has to be decompressed chunk by chunk, in
 file order, just to learn its channels) and copies every record through BytesIO, and ``mcap_ros2``'s
 writer registers channels without metadata; writing the few record types directly keeps the layout
-above explicit.
+above explicit. That record layer is :class:`McapRecordWriter` (schemas, channels with metadata, messages
+with their own publish time, chunks, attachments, metadata, summary); :class:`RecordingWriter` turns typed
+messages into its records, and other MCAP outputs in the same layout use it directly.
 Files are checked in the tests with ``mcap``'s own reader + ``mcap_ros2``'s decoder and with ``rosbags``.
 """
 
@@ -176,6 +178,16 @@ def _record(op: int, body: bytes) -> bytes:
     return struct.pack("<BQ", op, len(body)) + body
 
 
+def check_string_map(data: dict[str, str] | None, what: str = "metadata") -> dict[str, str]:
+    """A copy of ``data`` (None: empty) for an MCAP metadata record or channel metadata; ValueError naming
+    the first key or value that is not a string."""
+    out = dict(data or {})
+    bad = [k for k, v in out.items() if not isinstance(k, str) or not isinstance(v, str)]
+    if bad:
+        raise ValueError(f"{what} must map strings to strings; {bad[0]!r} -> {out[bad[0]]!r} is not")
+    return out
+
+
 class _Cursor:
     """Sequential little-endian reads from a record body; raises CdrError when it runs out."""
 
@@ -211,13 +223,213 @@ class _Cursor:
 
 
 # ----------------------------------------------------------------------------------------------------------
+# record layer
+class McapRecordWriter:
+    """The MCAP record layer: writes one chunked, zstd-compressed MCAP file in the crash-safe layout of the
+    module docstring. :class:`RecordingWriter` writes recordings through it; any other MCAP output (already
+    encoded messages, a publish time of their own) can too.
+
+    Attachment, metadata, schema and channel records go straight to the file, outside chunks (a channel is
+    therefore ahead of the chunk that holds its first message); messages go into the chunk in progress.
+    A chunk is written with its message index records and flushed to the OS together when its uncompressed
+    size reaches ``chunk_size`` and on :meth:`flush`; :meth:`finish` writes the last chunk and the summary
+    (schemas, channels, statistics, chunk / attachment / metadata indexes, summary offsets, footer).
+
+    Args:
+        path: output file (created or truncated); the magic and Header record are written at once.
+        library: the Header record's library string (who wrote the file).
+        chunk_size: cut a chunk once its uncompressed size reaches this [bytes], >= 1.
+        compression_level: zstd level 1..22.
+        profile: the Header record's profile.
+
+    Raises ValueError for an out-of-range ``chunk_size`` or ``compression_level``; OSError (from the file)
+    here and in every method when the file cannot be created or written. Not thread-safe.
+    """
+
+    def __init__(self, path: str | os.PathLike, library: str, chunk_size: int = 1 << 20,
+                 compression_level: int = ZSTD_LEVEL, profile: str = PROFILE) -> None:
+        self.path = Path(path)
+        if chunk_size < 1:
+            raise ValueError(f"{self.path}: chunk_size must be positive, got {chunk_size}")
+        if not 1 <= compression_level <= 22:
+            raise ValueError(f"{self.path}: compression_level must be 1..22, got {compression_level}")
+        self.chunk_size = int(chunk_size)
+        self._zstd = zstandard.ZstdCompressor(level=int(compression_level))
+        self._schema_ids: dict[tuple[str, str, bytes], int] = {}
+        self._channel_counts: dict[int, int] = {}  # channel id -> messages, in id order
+        self._summary_schemas: list[bytes] = []
+        self._summary_channels: list[bytes] = []
+        self._chunk_indexes: list[bytes] = []
+        self._attachment_indexes: list[bytes] = []
+        self._metadata_indexes: list[bytes] = []
+        self._message_count = 0
+        self._start_ns: int | None = None
+        self._end_ns = 0
+        self._reset_chunk()
+        self._f = open(self.path, "wb")
+        self._pos = 0
+        try:
+            self._out(MAGIC + _record(OP_HEADER, _str(profile) + _str(library)))
+        except BaseException:
+            self._f.close()
+            raise
+
+    @property
+    def closed(self) -> bool:
+        """True after :meth:`finish` or :meth:`abandon`."""
+        return self._f.closed
+
+    def add_attachment(self, name: str, media_type: str, data: bytes) -> None:
+        """An Attachment record (log and create time: the wall clock now [ns]) and its index entry."""
+        offset = self._pos
+        now = time.time_ns()  # the writer may read the wall clock: this is when the file was made
+        body = struct.pack("<QQ", 0, now) + _str(name) + _str(media_type) + struct.pack("<Q", len(data)) + data
+        rec = _record(OP_ATTACHMENT, body + struct.pack("<I", zlib.crc32(body)))
+        self._out(rec)
+        self._attachment_indexes.append(_record(
+            OP_ATTACHMENT_INDEX, struct.pack("<QQQQQ", offset, len(rec), 0, now, len(data)) + _str(name)
+            + _str(media_type)))
+
+    def add_metadata(self, name: str, data: dict[str, str]) -> None:
+        """A Metadata record ``name`` with the key/value strings ``data``, and its index entry (ValueError,
+        nothing written, when a key or value is not a string)."""
+        data = check_string_map(data, f"{self.path}: metadata '{name}'")
+        offset = self._pos
+        rec = _record(OP_METADATA, _str(name) + _map(data))
+        self._out(rec)
+        self._metadata_indexes.append(_record(OP_METADATA_INDEX, struct.pack("<QQ", offset, len(rec)) + _str(name)))
+
+    def add_schema(self, name: str, encoding: str, data: bytes) -> int:
+        """The id of the schema (name, encoding, data), writing its Schema record the first time."""
+        key = (name, encoding, bytes(data))
+        sid = self._schema_ids.get(key)
+        if sid is None:
+            sid = self._schema_ids[key] = len(self._schema_ids) + 1
+            rec = _record(OP_SCHEMA, struct.pack("<H", sid) + _str(name) + _str(encoding)
+                          + struct.pack("<I", len(data)) + bytes(data))
+            self._summary_schemas.append(rec)
+            self._out(rec)
+        return sid
+
+    def add_channel(self, topic: str, message_encoding: str, schema_id: int, metadata: dict[str, str]) -> int:
+        """Write a new Channel record (``schema_id`` 0: no schema); returns its channel id (1, 2, ...)."""
+        cid = len(self._channel_counts) + 1
+        self._channel_counts[cid] = 0
+        rec = _record(OP_CHANNEL, struct.pack("<HH", cid, schema_id) + _str(topic) + _str(message_encoding)
+                      + _map(metadata))
+        self._summary_channels.append(rec)
+        self._out(rec)
+        return cid
+
+    def add_message(self, channel_id: int, log_time: int, publish_time: int, sequence: int,
+                    data: bytes | bytearray | memoryview) -> None:
+        """Append one Message record (times [ns], ``sequence`` uint32, ``data`` the encoded payload) to the
+        chunk in progress; cuts the chunk when it reaches ``chunk_size``."""
+        self._chunk_msg_index.setdefault(channel_id, []).append((log_time, len(self._chunk)))
+        self._chunk += struct.pack("<BQHIQQ", OP_MESSAGE, 22 + len(data), channel_id, sequence, log_time,
+                                   publish_time)
+        self._chunk += data
+        self._chunk_start = min(self._chunk_start, log_time)
+        self._chunk_end = max(self._chunk_end, log_time)
+        self._channel_counts[channel_id] += 1
+        self._message_count += 1
+        self._start_ns = log_time if self._start_ns is None else min(self._start_ns, log_time)
+        self._end_ns = max(self._end_ns, log_time)
+        if len(self._chunk) >= self.chunk_size:
+            self._finish_chunk()
+
+    def flush(self) -> None:
+        """Write the chunk in progress (if any) and flush everything written to the OS."""
+        self._finish_chunk()
+        self._f.flush()
+
+    def finish(self) -> None:
+        """Write the last chunk and the summary section, and close the file (also when that fails).
+        Idempotent."""
+        if self._f.closed:
+            return
+        try:
+            self._finish_chunk()
+            self._write_summary()
+        finally:
+            self._f.close()
+
+    def abandon(self) -> None:
+        """Close the file as it is, without a summary (after a write error); readers recover it by scanning."""
+        self._f.close()
+
+    # ------------------------------------------------------------------ internals
+    def _out(self, data: bytes) -> None:
+        self._f.write(data)
+        self._pos += len(data)
+
+    def _reset_chunk(self) -> None:
+        self._chunk = bytearray()
+        self._chunk_msg_index: dict[int, list[tuple[int, int]]] = {}
+        self._chunk_start = 2**64 - 1
+        self._chunk_end = 0
+
+    def _finish_chunk(self) -> None:
+        """Compress the chunk in progress, write it with its message indexes in one go, flush to the OS."""
+        if not self._chunk:
+            return
+        raw = self._chunk
+        compressed = self._zstd.compress(raw)
+        head = (struct.pack("<QQQI", self._chunk_start, self._chunk_end, len(raw), zlib.crc32(raw)) + _str("zstd")
+                + struct.pack("<Q", len(compressed)))
+        chunk_offset = self._pos
+        chunk_length = 9 + len(head) + len(compressed)
+        index_records, offsets = [], {}
+        pos = chunk_offset + chunk_length
+        for cid in sorted(self._chunk_msg_index):
+            entries = np.array(self._chunk_msg_index[cid], dtype="<u8").tobytes()
+            rec = _record(OP_MESSAGE_INDEX, struct.pack("<HI", cid, len(entries)) + entries)
+            offsets[cid] = pos
+            pos += len(rec)
+            index_records.append(rec)
+        index_bytes = b"".join(index_records)
+        self._f.write(struct.pack("<BQ", OP_CHUNK, len(head) + len(compressed)) + head)
+        self._f.write(compressed)
+        self._f.write(index_bytes)
+        self._pos += chunk_length + len(index_bytes)
+        self._f.flush()
+        offsets_map = b"".join(struct.pack("<HQ", cid, off) for cid, off in offsets.items())
+        self._chunk_indexes.append(_record(
+            OP_CHUNK_INDEX,
+            struct.pack("<QQQQ", self._chunk_start, self._chunk_end, chunk_offset, chunk_length)
+            + struct.pack("<I", len(offsets_map)) + offsets_map + struct.pack("<Q", len(index_bytes))
+            + _str("zstd") + struct.pack("<QQ", len(compressed), len(raw))))
+        self._reset_chunk()
+
+    def _write_summary(self) -> None:
+        self._out(_record(OP_DATA_END, struct.pack("<I", 0)))
+        summary_start = self._pos
+        counts = b"".join(struct.pack("<HQ", cid, n) for cid, n in self._channel_counts.items())
+        stats = _record(OP_STATISTICS, struct.pack(
+            "<QHIIIIQQ", self._message_count, len(self._schema_ids), len(self._channel_counts),
+            len(self._attachment_indexes), len(self._metadata_indexes), len(self._chunk_indexes),
+            self._start_ns or 0, self._end_ns) + struct.pack("<I", len(counts)) + counts)
+        groups = [(OP_SCHEMA, self._summary_schemas), (OP_CHANNEL, self._summary_channels),
+                  (OP_STATISTICS, [stats]), (OP_CHUNK_INDEX, self._chunk_indexes),
+                  (OP_ATTACHMENT_INDEX, self._attachment_indexes), (OP_METADATA_INDEX, self._metadata_indexes)]
+        body, offsets = bytearray(), bytearray()
+        for op, records in groups:
+            if not records:
+                continue
+            start = summary_start + len(body)
+            for r in records:
+                body += r
+            offsets += _record(OP_SUMMARY_OFFSET, struct.pack("<BQQ", op, start, summary_start + len(body) - start))
+        summary_offset_start = summary_start + len(body)
+        body += offsets
+        footer_head = struct.pack("<BQQQ", OP_FOOTER, 20, summary_start, summary_offset_start)
+        crc = zlib.crc32(footer_head, zlib.crc32(body))
+        self._out(bytes(body) + footer_head + struct.pack("<I", crc) + MAGIC)
+        self._f.flush()
+
+
+# ----------------------------------------------------------------------------------------------------------
 # writer
-@dataclass
-class _WChannel:
-    id: int
-    count: int = 0
-
-
 _KIND_OF_MESSAGE = {LidarSweep: "lidar", CameraImage: "camera", RadarScan: "radar", ImuSample: "imu",
                     AudioChunk: "microphone", VehicleSpeed: "vehicle_speed"}
 
@@ -249,45 +461,28 @@ class RecordingWriter:
         self.rig = rig
         if jpeg_quality is not None and not 1 <= int(jpeg_quality) <= 100:
             raise RecordingError(f"{self.path}: jpeg_quality must be 1..100 or None, got {jpeg_quality}")
-        if chunk_size < 1:
-            raise RecordingError(f"{self.path}: chunk_size must be positive, got {chunk_size}")
-        metadata = dict(metadata or {})
-        bad = [k for k, v in metadata.items() if not isinstance(k, str) or not isinstance(v, str)]
-        if bad:
-            raise RecordingError(f"{self.path}: metadata must map strings to strings; {bad[0]!r} -> "
-                                 f"{metadata[bad[0]]!r} is not")
+        try:
+            metadata = check_string_map(metadata, f"{self.path}: metadata")
+        except ValueError as e:
+            raise RecordingError(str(e)) from e
         self.jpeg_quality = jpeg_quality
         self.chunk_size = int(chunk_size)
-        if not 1 <= int(compression_level) <= 22:
-            raise RecordingError(f"{self.path}: compression_level must be 1..22, got {compression_level}")
-        self._zstd = zstandard.ZstdCompressor(level=int(compression_level))
-        self._schema_ids: dict[str, int] = {}
-        self._channels: dict[str, _WChannel] = {}  # by topic
+        self._channels: dict[str, int] = {}  # topic -> channel id
         self._audio_format: dict[str, tuple[int, int]] = {}  # sensor_id -> (channels, sample_rate)
-        self._summary_schemas: list[bytes] = []
-        self._summary_channels: list[bytes] = []
-        self._chunk_indexes: list[bytes] = []
-        self._attachment_indexes: list[bytes] = []
-        self._metadata_indexes: list[bytes] = []
-        self._message_count = 0
-        self._start_ns: int | None = None
-        self._end_ns = 0
         self._tf_written = False
         self._closed = False
-        self._reset_chunk()
         try:
-            self._f = open(self.path, "wb")
+            self._mcap = McapRecordWriter(self.path, LIBRARY, self.chunk_size, int(compression_level))
+        except ValueError as e:  # chunk_size or compression_level out of range
+            raise RecordingError(str(e)) from e
         except OSError as e:
             raise RecordingError(f"cannot create recording {self.path}: {e.strerror}") from e
-        self._pos = 0
         try:
-            self._out(MAGIC)
-            self._out(_record(OP_HEADER, _str(PROFILE) + _str(LIBRARY)))
-            self._add_attachment(RIG_ATTACHMENT, "application/yaml", rig.to_yaml().encode())
-            self._add_metadata(METADATA_NAME, metadata)
-            self._f.flush()
+            self._mcap.add_attachment(RIG_ATTACHMENT, "application/yaml", rig.to_yaml().encode())
+            self._mcap.add_metadata(METADATA_NAME, metadata)
+            self._mcap.flush()
         except OSError as e:
-            self._f.close()
+            self._mcap.abandon()
             raise RecordingError(f"cannot write recording {self.path}: {e.strerror}") from e
 
     # ------------------------------------------------------------------ public
@@ -317,8 +512,8 @@ class RecordingWriter:
             raise RecordingError(f"{self.path}: cannot record {type(msg).__name__} from '{msg.sensor_id}' seq "
                                  f"{seq}: {e}") from e
         try:
-            for ch, payload in parts:
-                self._add_message(ch, int(stamp), int(seq), payload)
+            for cid, payload in parts:
+                self._mcap.add_message(cid, int(stamp), int(stamp), int(seq), payload)
         except OSError as e:
             raise RecordingError(f"cannot write recording {self.path}: {e.strerror}") from e
 
@@ -328,12 +523,9 @@ class RecordingWriter:
             return
         self._closed = True
         try:
-            self._finish_chunk()
-            self._write_summary()
+            self._mcap.finish()
         except OSError as e:
             raise RecordingError(f"cannot finish recording {self.path}: {e.strerror}") from e
-        finally:
-            self._f.close()
 
     def __enter__(self) -> RecordingWriter:
         return self
@@ -351,7 +543,7 @@ class RecordingWriter:
         if have != kind:
             raise ValueError(f"sensor '{msg.sensor_id}' is a {have} in the rig, not a {kind}")
 
-    def _encode(self, msg: Message) -> list[tuple[_WChannel, bytes | bytearray]]:
+    def _encode(self, msg: Message) -> list[tuple[int, bytes | bytearray]]:
         sid = msg.sensor_id
         if isinstance(msg, GroundTruthBoxes):
             if sid in self.rig:
@@ -405,126 +597,15 @@ class RecordingWriter:
                        ros_msgs.encode_audio(msg)))
         return out
 
-    def _channel(self, topic: str, schema_name: str, sensor_id: str,
-                 extra: dict[str, str] | None = None) -> _WChannel:
-        """The channel for ``topic``, written (with its schema, if new) straight to the file on first use:
-        ahead of the chunk in progress, which holds its first message."""
-        ch = self._channels.get(topic)
-        if ch is not None:
-            return ch
-        schema_id = self._schema_ids.get(schema_name)
-        if schema_id is None:
-            schema_id = self._schema_ids[schema_name] = len(self._schema_ids) + 1
-            text = ros_msgs.SCHEMAS[schema_name].encode()
-            rec = _record(OP_SCHEMA, struct.pack("<H", schema_id) + _str(schema_name) + _str("ros2msg")
-                          + struct.pack("<I", len(text)) + text)
-            self._summary_schemas.append(rec)
-            self._out(rec)
-        ch = self._channels[topic] = _WChannel(len(self._channels) + 1)
-        meta = {"sensor_id": sensor_id, **(extra or {})}
-        rec = _record(OP_CHANNEL, struct.pack("<HH", ch.id, schema_id) + _str(topic) + _str("cdr") + _map(meta))
-        self._summary_channels.append(rec)
-        self._out(rec)
-        return ch
-
-    # ------------------------------------------------------------------ chunks
-    def _reset_chunk(self) -> None:
-        self._chunk = bytearray()
-        self._chunk_msg_index: dict[int, list[tuple[int, int]]] = {}
-        self._chunk_start = 2**64 - 1
-        self._chunk_end = 0
-
-    def _add_message(self, ch: _WChannel, log_time: int, seq: int, payload: bytes | bytearray) -> None:
-        self._chunk_msg_index.setdefault(ch.id, []).append((log_time, len(self._chunk)))
-        self._chunk += struct.pack("<BQHIQQ", OP_MESSAGE, 22 + len(payload), ch.id, seq, log_time, log_time)
-        self._chunk += payload
-        self._chunk_start = min(self._chunk_start, log_time)
-        self._chunk_end = max(self._chunk_end, log_time)
-        ch.count += 1
-        self._message_count += 1
-        self._start_ns = log_time if self._start_ns is None else min(self._start_ns, log_time)
-        self._end_ns = max(self._end_ns, log_time)
-        if len(self._chunk) >= self.chunk_size:
-            self._finish_chunk()
-
-    def _finish_chunk(self) -> None:
-        """Compress the chunk in progress, write it with its message indexes in one go, flush to the OS."""
-        if not self._chunk:
-            return
-        raw = self._chunk
-        compressed = self._zstd.compress(raw)
-        head = (struct.pack("<QQQI", self._chunk_start, self._chunk_end, len(raw), zlib.crc32(raw)) + _str("zstd")
-                + struct.pack("<Q", len(compressed)))
-        chunk_offset = self._pos
-        chunk_length = 9 + len(head) + len(compressed)
-        index_records, offsets = [], {}
-        pos = chunk_offset + chunk_length
-        for cid in sorted(self._chunk_msg_index):
-            entries = np.array(self._chunk_msg_index[cid], dtype="<u8").tobytes()
-            rec = _record(OP_MESSAGE_INDEX, struct.pack("<HI", cid, len(entries)) + entries)
-            offsets[cid] = pos
-            pos += len(rec)
-            index_records.append(rec)
-        index_bytes = b"".join(index_records)
-        self._f.write(struct.pack("<BQ", OP_CHUNK, len(head) + len(compressed)) + head)
-        self._f.write(compressed)
-        self._f.write(index_bytes)
-        self._pos += chunk_length + len(index_bytes)
-        self._f.flush()
-        offsets_map = b"".join(struct.pack("<HQ", cid, off) for cid, off in offsets.items())
-        self._chunk_indexes.append(_record(
-            OP_CHUNK_INDEX,
-            struct.pack("<QQQQ", self._chunk_start, self._chunk_end, chunk_offset, chunk_length)
-            + struct.pack("<I", len(offsets_map)) + offsets_map + struct.pack("<Q", len(index_bytes))
-            + _str("zstd") + struct.pack("<QQ", len(compressed), len(raw))))
-        self._reset_chunk()
-
-    # ------------------------------------------------------------------ other records
-    def _out(self, data: bytes) -> None:
-        self._f.write(data)
-        self._pos += len(data)
-
-    def _add_attachment(self, name: str, media_type: str, data: bytes) -> None:
-        offset = self._pos
-        now = time.time_ns()  # the sink may read the wall clock: this is when the file was made
-        body = struct.pack("<QQ", 0, now) + _str(name) + _str(media_type) + struct.pack("<Q", len(data)) + data
-        rec = _record(OP_ATTACHMENT, body + struct.pack("<I", zlib.crc32(body)))
-        self._out(rec)
-        self._attachment_indexes.append(_record(
-            OP_ATTACHMENT_INDEX, struct.pack("<QQQQQ", offset, len(rec), 0, now, len(data)) + _str(name)
-            + _str(media_type)))
-
-    def _add_metadata(self, name: str, data: dict[str, str]) -> None:
-        offset = self._pos
-        rec = _record(OP_METADATA, _str(name) + _map(data))
-        self._out(rec)
-        self._metadata_indexes.append(_record(OP_METADATA_INDEX, struct.pack("<QQ", offset, len(rec)) + _str(name)))
-
-    def _write_summary(self) -> None:
-        self._out(_record(OP_DATA_END, struct.pack("<I", 0)))
-        summary_start = self._pos
-        counts = b"".join(struct.pack("<HQ", ch.id, ch.count) for ch in self._channels.values())
-        stats = _record(OP_STATISTICS, struct.pack(
-            "<QHIIIIQQ", self._message_count, len(self._schema_ids), len(self._channels),
-            len(self._attachment_indexes), len(self._metadata_indexes), len(self._chunk_indexes),
-            self._start_ns or 0, self._end_ns) + struct.pack("<I", len(counts)) + counts)
-        groups = [(OP_SCHEMA, self._summary_schemas), (OP_CHANNEL, self._summary_channels),
-                  (OP_STATISTICS, [stats]), (OP_CHUNK_INDEX, self._chunk_indexes),
-                  (OP_ATTACHMENT_INDEX, self._attachment_indexes), (OP_METADATA_INDEX, self._metadata_indexes)]
-        body, offsets = bytearray(), bytearray()
-        for op, records in groups:
-            if not records:
-                continue
-            start = summary_start + len(body)
-            for r in records:
-                body += r
-            offsets += _record(OP_SUMMARY_OFFSET, struct.pack("<BQQ", op, start, summary_start + len(body) - start))
-        summary_offset_start = summary_start + len(body)
-        body += offsets
-        footer_head = struct.pack("<BQQQ", OP_FOOTER, 20, summary_start, summary_offset_start)
-        crc = zlib.crc32(footer_head, zlib.crc32(body))
-        self._out(bytes(body) + footer_head + struct.pack("<I", crc) + MAGIC)
-        self._f.flush()
+    def _channel(self, topic: str, schema_name: str, sensor_id: str, extra: dict[str, str] | None = None) -> int:
+        """The channel id for ``topic``; on first use its channel (and schema, if new) record is written
+        straight to the file, ahead of the chunk in progress, which holds its first message."""
+        cid = self._channels.get(topic)
+        if cid is None:
+            schema_id = self._mcap.add_schema(schema_name, "ros2msg", ros_msgs.SCHEMAS[schema_name].encode())
+            cid = self._channels[topic] = self._mcap.add_channel(topic, "cdr", schema_id,
+                                                                 {"sensor_id": sensor_id, **(extra or {})})
+        return cid
 
 
 # ----------------------------------------------------------------------------------------------------------

@@ -66,29 +66,37 @@ def deskew_sweep(sweep: LidarSweep, ego_from_lidar: Transform, motion: EgoMotion
         ValueError: ``ego_from_lidar`` is not ego_from_<sweep.sensor_id>, or ``motion`` does not cover the
             sweep's time span.
     """
+    prep = _deskew_inputs(sweep, ego_from_lidar, motion, bins)
+    if prep is None:
+        return np.zeros((0, 4), np.float32)
+    pts, idx, w, Rs, ts = prep
+    result = np.empty((len(pts), 4), np.float32)
+    if len(Rs) == 1:
+        result[:, :3] = pts @ Rs[0].T + ts[0]
+    else:
+        _interpolate_transforms(pts, idx, w, Rs, ts, result)
+    result[:, 3] = sweep.points[:, 3]
+    return result
+
+
+def _deskew_inputs(sweep: LidarSweep, ego_from_lidar: Transform, motion: EgoMotion, bins: int):
+    """(points in ego (N, 3) float64, bin index (N,), weight (N,), bin rotations (K, 3, 3), bin translations
+    (K, 3)) for deskewing, or None for an empty sweep."""
     _check_mount(ego_from_lidar, sweep.sensor_id, "deskew_sweep")
     if len(sweep) == 0:
-        return np.zeros((0, 4), np.float32)
+        return None
     pts = ego_from_lidar.apply(sweep.points[:, :3].astype(np.float64))
     tau = sweep.time_offset.astype(np.float64)
     lo, hi = float(tau.min()), float(tau.max())
     if hi - lo < 1e-6:
-        offsets = np.array([lo])
-        idx = np.zeros(len(tau), np.int64)
-        w = np.zeros(len(tau))
+        offsets, idx, w = np.array([lo]), np.zeros(len(tau), np.int64), np.zeros(len(tau))
     else:
         offsets = np.linspace(lo, hi, bins)
         f = (tau - lo) / (hi - lo) * (bins - 1)
         idx = np.minimum(f.astype(np.int64), bins - 2)
         w = f - idx
     Rs, ts = _motion_samples(motion, sweep.stamp_ns, offsets)
-    result = np.empty((len(pts), 4), np.float32)
-    if len(offsets) == 1:
-        result[:, :3] = pts @ Rs[0].T + ts[0]
-    else:
-        _interpolate_transforms(pts, idx, w, Rs, ts, result)
-    result[:, 3] = sweep.points[:, 3]
-    return result
+    return pts, idx, w, Rs, ts
 
 
 @numba.njit(cache=True, nogil=True)
@@ -108,21 +116,11 @@ def _interpolate_transforms(pts, idx, w, Rs, ts, out):  # pragma: no cover - com
 def deskew_sweep_reference(sweep: LidarSweep, ego_from_lidar: Transform, motion: EgoMotion,
                            bins: int = DESKEW_BINS) -> np.ndarray:
     """Plain numpy :func:`deskew_sweep` (the kernel's reference; same result to float32 rounding)."""
-    _check_mount(ego_from_lidar, sweep.sensor_id, "deskew_sweep")
-    if len(sweep) == 0:
+    prep = _deskew_inputs(sweep, ego_from_lidar, motion, bins)
+    if prep is None:
         return np.zeros((0, 4), np.float32)
-    pts = ego_from_lidar.apply(sweep.points[:, :3].astype(np.float64))
-    tau = sweep.time_offset.astype(np.float64)
-    lo, hi = float(tau.min()), float(tau.max())
-    if hi - lo < 1e-6:
-        offsets, idx, w = np.array([lo]), np.zeros(len(tau), np.int64), np.zeros(len(tau))
-    else:
-        offsets = np.linspace(lo, hi, bins)
-        f = (tau - lo) / (hi - lo) * (bins - 1)
-        idx = np.minimum(f.astype(np.int64), bins - 2)
-        w = f - idx
-    Rs, ts = _motion_samples(motion, sweep.stamp_ns, offsets)
-    if len(offsets) == 1:
+    pts, idx, w, Rs, ts = prep
+    if len(Rs) == 1:
         out = pts @ Rs[0].T + ts[0]
     else:
         a = np.einsum("nij,nj->ni", Rs[idx], pts) + ts[idx]

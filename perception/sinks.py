@@ -49,9 +49,9 @@ and the metadata records, then schema and channel records outside chunks (each w
 chunk that uses it), then one zstd chunk per frame with its message indexes, flushed to the OS after every
 ``write``. A run killed with SIGKILL keeps every frame whose ``write`` returned; readers recover a file
 without a summary by scanning it (``RecordingReader``, ``mcap``'s ``NonSeekingReader``, Foxglove).
-``drivers/recording.py``'s writer is not reused because it accepts only our sensor message types, always
-sets publish_time = log_time, and cannot take pre-encoded records; this module writes the few record types
-itself, with the same constants.
+The records are written by :class:`drivers.recording.McapRecordWriter`, the record layer of
+:class:`~drivers.recording.RecordingWriter` (which itself takes only our sensor message types and sets
+publish_time = log_time).
 """
 
 from __future__ import annotations
@@ -61,8 +61,6 @@ import math
 import os
 import re
 import struct
-import time
-import zlib
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import IO, Protocol
@@ -73,26 +71,11 @@ import zstandard
 from calibration.rig import EGO_FRAME
 from drivers import ros_msgs
 from drivers.recording import (
-    MAGIC,
     METADATA_NAME,
-    OP_ATTACHMENT,
-    OP_ATTACHMENT_INDEX,
-    OP_CHANNEL,
-    OP_CHUNK,
-    OP_CHUNK_INDEX,
-    OP_DATA_END,
-    OP_FOOTER,
-    OP_HEADER,
-    OP_MESSAGE,
-    OP_MESSAGE_INDEX,
-    OP_METADATA,
-    OP_METADATA_INDEX,
-    OP_SCHEMA,
-    OP_STATISTICS,
-    OP_SUMMARY_OFFSET,
-    PROFILE,
     RIG_ATTACHMENT,
+    McapRecordWriter,
     RecordingReader,
+    check_string_map,
 )
 from drivers.ros_msgs import CdrWriter
 from perception.decode import Detections3D
@@ -511,181 +494,6 @@ def encode_siren_events(dets: Detections3D) -> bytearray:
 
 
 # ----------------------------------------------------------------------------------------------------------
-# MCAP container
-def _str(s: str) -> bytes:
-    b = s.encode()
-    return struct.pack("<I", len(b)) + b
-
-
-def _map(d: dict[str, str]) -> bytes:
-    body = b"".join(_str(k) + _str(v) for k, v in d.items())
-    return struct.pack("<I", len(body)) + body
-
-
-def _record(op: int, body: bytes) -> bytes:
-    return struct.pack("<BQ", op, len(body)) + body
-
-
-class _McapFile:
-    """A chunked MCAP file in the layout of drivers/recording.py: schema and channel records go straight
-    to the file (ahead of the chunk in progress), messages into the chunk; :meth:`flush` writes the chunk
-    with its message indexes and flushes to the OS."""
-
-    def __init__(self, path: Path, chunk_size: int, compression_level: int) -> None:
-        self.path = path
-        self._zstd = zstandard.ZstdCompressor(level=compression_level)
-        self.chunk_size = chunk_size
-        self._schema_ids: dict[tuple[str, str, bytes], int] = {}
-        self._channel_counts: dict[int, int] = {}
-        self._summary_schemas: list[bytes] = []
-        self._summary_channels: list[bytes] = []
-        self._chunk_indexes: list[bytes] = []
-        self._attachment_indexes: list[bytes] = []
-        self._metadata_indexes: list[bytes] = []
-        self._message_count = 0
-        self._start_ns: int | None = None
-        self._end_ns = 0
-        self._reset_chunk()
-        try:
-            self._f: IO[bytes] = open(path, "wb")
-        except OSError as e:
-            raise SinkError(f"cannot create {path}: {e.strerror}") from e
-        self._pos = 0
-        self._out(MAGIC + _record(OP_HEADER, _str(PROFILE) + _str(LIBRARY)))
-
-    def attachment(self, name: str, media_type: str, data: bytes) -> None:
-        offset = self._pos
-        now = time.time_ns()  # a sink may read the wall clock: when the file was made
-        body = struct.pack("<QQ", 0, now) + _str(name) + _str(media_type) + struct.pack("<Q", len(data)) + data
-        rec = _record(OP_ATTACHMENT, body + struct.pack("<I", zlib.crc32(body)))
-        self._out(rec)
-        self._attachment_indexes.append(_record(
-            OP_ATTACHMENT_INDEX, struct.pack("<QQQQQ", offset, len(rec), 0, now, len(data)) + _str(name)
-            + _str(media_type)))
-
-    def metadata(self, name: str, data: dict[str, str]) -> None:
-        offset = self._pos
-        rec = _record(OP_METADATA, _str(name) + _map(data))
-        self._out(rec)
-        self._metadata_indexes.append(_record(OP_METADATA_INDEX, struct.pack("<QQ", offset, len(rec)) + _str(name)))
-
-    def schema(self, name: str, encoding: str, data: bytes) -> int:
-        key = (name, encoding, bytes(data))
-        sid = self._schema_ids.get(key)
-        if sid is None:
-            sid = self._schema_ids[key] = len(self._schema_ids) + 1
-            rec = _record(OP_SCHEMA, struct.pack("<H", sid) + _str(name) + _str(encoding)
-                          + struct.pack("<I", len(data)) + bytes(data))
-            self._summary_schemas.append(rec)
-            self._out(rec)
-        return sid
-
-    def channel(self, topic: str, message_encoding: str, schema_id: int, metadata: dict[str, str]) -> int:
-        cid = len(self._channel_counts) + 1
-        self._channel_counts[cid] = 0
-        rec = _record(OP_CHANNEL, struct.pack("<HH", cid, schema_id) + _str(topic) + _str(message_encoding)
-                      + _map(metadata))
-        self._summary_channels.append(rec)
-        self._out(rec)
-        return cid
-
-    def message(self, cid: int, log_time: int, publish_time: int, seq: int, payload: bytes | bytearray) -> None:
-        self._chunk_msg_index.setdefault(cid, []).append((log_time, len(self._chunk)))
-        self._chunk += struct.pack("<BQHIQQ", OP_MESSAGE, 22 + len(payload), cid, seq, log_time, publish_time)
-        self._chunk += payload
-        self._chunk_start = min(self._chunk_start, log_time)
-        self._chunk_end = max(self._chunk_end, log_time)
-        self._channel_counts[cid] += 1
-        self._message_count += 1
-        self._start_ns = log_time if self._start_ns is None else min(self._start_ns, log_time)
-        self._end_ns = max(self._end_ns, log_time)
-        if len(self._chunk) >= self.chunk_size:
-            self._finish_chunk()
-
-    def flush(self) -> None:
-        """Write the chunk in progress and flush the file to the OS."""
-        self._finish_chunk()
-        self._f.flush()
-
-    def close(self) -> None:
-        try:
-            self._finish_chunk()
-            self._write_summary()
-        finally:
-            self._f.close()
-
-    def abandon(self) -> None:
-        """Close the file as it is (no summary): after a write error."""
-        self._f.close()
-
-    # ------------------------------------------------------------------ internals
-    def _out(self, data: bytes) -> None:
-        self._f.write(data)
-        self._pos += len(data)
-
-    def _reset_chunk(self) -> None:
-        self._chunk = bytearray()
-        self._chunk_msg_index: dict[int, list[tuple[int, int]]] = {}
-        self._chunk_start = 2**64 - 1
-        self._chunk_end = 0
-
-    def _finish_chunk(self) -> None:
-        if not self._chunk:
-            return
-        raw = self._chunk
-        compressed = self._zstd.compress(raw)
-        head = (struct.pack("<QQQI", self._chunk_start, self._chunk_end, len(raw), zlib.crc32(raw)) + _str("zstd")
-                + struct.pack("<Q", len(compressed)))
-        chunk_offset = self._pos
-        chunk_length = 9 + len(head) + len(compressed)
-        index_records, offsets = [], {}
-        pos = chunk_offset + chunk_length
-        for cid in sorted(self._chunk_msg_index):
-            entries = np.array(self._chunk_msg_index[cid], dtype="<u8").tobytes()
-            rec = _record(OP_MESSAGE_INDEX, struct.pack("<HI", cid, len(entries)) + entries)
-            offsets[cid] = pos
-            pos += len(rec)
-            index_records.append(rec)
-        index_bytes = b"".join(index_records)
-        self._out(struct.pack("<BQ", OP_CHUNK, len(head) + len(compressed)) + head)
-        self._out(compressed)
-        self._out(index_bytes)
-        offsets_map = b"".join(struct.pack("<HQ", cid, off) for cid, off in offsets.items())
-        self._chunk_indexes.append(_record(
-            OP_CHUNK_INDEX,
-            struct.pack("<QQQQ", self._chunk_start, self._chunk_end, chunk_offset, chunk_length)
-            + struct.pack("<I", len(offsets_map)) + offsets_map + struct.pack("<Q", len(index_bytes))
-            + _str("zstd") + struct.pack("<QQ", len(compressed), len(raw))))
-        self._reset_chunk()
-
-    def _write_summary(self) -> None:
-        self._out(_record(OP_DATA_END, struct.pack("<I", 0)))
-        summary_start = self._pos
-        counts = b"".join(struct.pack("<HQ", cid, n) for cid, n in self._channel_counts.items())
-        stats = _record(OP_STATISTICS, struct.pack(
-            "<QHIIIIQQ", self._message_count, len(self._schema_ids), len(self._channel_counts),
-            len(self._attachment_indexes), len(self._metadata_indexes), len(self._chunk_indexes),
-            self._start_ns or 0, self._end_ns) + struct.pack("<I", len(counts)) + counts)
-        groups = [(OP_SCHEMA, self._summary_schemas), (OP_CHANNEL, self._summary_channels),
-                  (OP_STATISTICS, [stats]), (OP_CHUNK_INDEX, self._chunk_indexes),
-                  (OP_ATTACHMENT_INDEX, self._attachment_indexes), (OP_METADATA_INDEX, self._metadata_indexes)]
-        body, offsets = bytearray(), bytearray()
-        for op, records in groups:
-            if not records:
-                continue
-            start = summary_start + len(body)
-            for r in records:
-                body += r
-            offsets += _record(OP_SUMMARY_OFFSET, struct.pack("<BQQ", op, start, summary_start + len(body) - start))
-        summary_offset_start = summary_start + len(body)
-        body += offsets
-        footer_head = struct.pack("<BQQQ", OP_FOOTER, 20, summary_start, summary_offset_start)
-        crc = zlib.crc32(footer_head, zlib.crc32(body))
-        self._out(bytes(body) + footer_head + struct.pack("<I", crc) + MAGIC)
-        self._f.flush()
-
-
-# ----------------------------------------------------------------------------------------------------------
 # detections.mcap
 class DetectionsMcapSink:
     """``detections.mcap`` for Foxglove: the detection channels plus raw copies of chosen sensors' channels
@@ -723,15 +531,7 @@ class DetectionsMcapSink:
             raise ValueError("DetectionsMcapSink: class_names is empty")
         if frame_period_ns <= 0:
             raise ValueError(f"DetectionsMcapSink: frame_period_ns must be > 0, got {frame_period_ns}")
-        if not 1 <= compression_level <= 22:
-            raise ValueError(f"DetectionsMcapSink: compression_level must be 1..22, got {compression_level}")
-        if chunk_size < 1:
-            raise ValueError(f"DetectionsMcapSink: chunk_size must be positive, got {chunk_size}")
-        extra = dict(metadata or {})
-        bad = [k for k, v in extra.items() if not isinstance(k, str) or not isinstance(v, str)]
-        if bad:
-            raise ValueError(f"DetectionsMcapSink: metadata must map strings to strings; {bad[0]!r} -> "
-                             f"{extra[bad[0]]!r} is not")
+        extra = check_string_map(metadata, f"DetectionsMcapSink: {self.path}: metadata")
         if isinstance(copy_sensors, str):
             copy_sensors = [copy_sensors]
         copy = list(dict.fromkeys(copy_sensors))
@@ -757,25 +557,28 @@ class DetectionsMcapSink:
         self._pending = None
         self._out_channel: dict[int, int] = {}  # input channel id -> output channel id
 
-        self._mcap = _McapFile(self.path, int(chunk_size), int(compression_level))
+        try:  # ValueError for chunk_size or compression_level out of range
+            self._mcap = McapRecordWriter(self.path, LIBRARY, int(chunk_size), int(compression_level))
+        except OSError as e:
+            raise SinkError(f"cannot create {self.path}: {e.strerror}") from e
         try:
             if input_recording is not None:
                 if input_recording.rig is not None:
-                    self._mcap.attachment(RIG_ATTACHMENT, "application/yaml", input_recording.rig.to_yaml().encode())
+                    self._mcap.add_attachment(RIG_ATTACHMENT, "application/yaml", input_recording.rig.to_yaml().encode())
                 if input_recording.metadata:
-                    self._mcap.metadata(METADATA_NAME, dict(input_recording.metadata))
+                    self._mcap.add_metadata(METADATA_NAME, dict(input_recording.metadata))
             info = {"class_names": ",".join(self.class_names), "frame_period_ns": str(self.frame_period_ns),
                     "input": "" if input_recording is None else Path(input_recording.path).name,
                     "copied_sensors": ",".join(copy)}
-            self._mcap.metadata(DETECTIONS_METADATA_NAME, {**info, **extra})
+            self._mcap.add_metadata(DETECTIONS_METADATA_NAME, {**info, **extra})
             meta = {"sensor_id": ""}
-            self._scene = self._mcap.channel(SCENE_TOPIC, "cdr", self._mcap.schema(
+            self._scene = self._mcap.add_channel(SCENE_TOPIC, "cdr", self._mcap.add_schema(
                 "foxglove_msgs/msg/SceneUpdate", "ros2msg", OUTPUT_SCHEMAS["foxglove_msgs/msg/SceneUpdate"].encode()),
                 meta)
-            self._boxes = self._mcap.channel(BOXES_TOPIC, "cdr", self._mcap.schema(
+            self._boxes = self._mcap.add_channel(BOXES_TOPIC, "cdr", self._mcap.add_schema(
                 "vision_msgs/msg/Detection3DArray", "ros2msg",
                 OUTPUT_SCHEMAS["vision_msgs/msg/Detection3DArray"].encode()), meta)
-            self._siren = self._mcap.channel(SIREN_TOPIC, "cdr", self._mcap.schema(
+            self._siren = self._mcap.add_channel(SIREN_TOPIC, "cdr", self._mcap.add_schema(
                 "perception_msgs/msg/SirenEventArray", "ros2msg",
                 OUTPUT_SCHEMAS["perception_msgs/msg/SirenEventArray"].encode()), meta)
             self._mcap.flush()
@@ -818,10 +621,10 @@ class DetectionsMcapSink:
         try:
             self._copy_until(stamp)
             seq = self.frames_written % 2**32
-            self._mcap.message(self._scene, stamp, emit_ns, seq,
+            self._mcap.add_message(self._scene, stamp, emit_ns, seq,
                                encode_scene_update(dets, self.frame_period_ns + self.frame_period_ns // 2))
-            self._mcap.message(self._boxes, stamp, emit_ns, seq, encode_detection3d_array(dets))
-            self._mcap.message(self._siren, stamp, emit_ns, seq, encode_siren_events(dets))
+            self._mcap.add_message(self._boxes, stamp, emit_ns, seq, encode_detection3d_array(dets))
+            self._mcap.add_message(self._siren, stamp, emit_ns, seq, encode_siren_events(dets))
             self._mcap.flush()
         except OSError as e:
             raise SinkError(f"cannot write {self.path}: {e.strerror}") from e
@@ -836,7 +639,7 @@ class DetectionsMcapSink:
         try:
             if self._last_stamp is not None:
                 self._copy_until(self._last_stamp + self.frame_period_ns)
-            self._mcap.close()
+            self._mcap.finish()
         except OSError as e:
             raise SinkError(f"cannot finish {self.path}: {e.strerror}") from e
         finally:
@@ -882,8 +685,8 @@ class DetectionsMcapSink:
                 return
             cid = self._out_channel.get(channel.id)
             if cid is None:
-                sid = 0 if schema is None else self._mcap.schema(schema.name, schema.encoding, schema.data)
-                cid = self._out_channel[channel.id] = self._mcap.channel(
+                sid = 0 if schema is None else self._mcap.add_schema(schema.name, schema.encoding, schema.data)
+                cid = self._out_channel[channel.id] = self._mcap.add_channel(
                     channel.topic, channel.message_encoding, sid, dict(channel.metadata))
-            self._mcap.message(cid, message.log_time, message.publish_time, message.sequence, message.data)
+            self._mcap.add_message(cid, message.log_time, message.publish_time, message.sequence, message.data)
             self._pending = None

@@ -25,7 +25,7 @@ from drivers.messages import (
     RadarScan,
     VehicleSpeed,
 )
-from drivers.recording import RecordingError, RecordingReader, RecordingWriter
+from drivers.recording import McapRecordWriter, RecordingError, RecordingReader, RecordingWriter
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -495,6 +495,58 @@ def _check_killed_messages(got) -> None:
             k = m.seq * 10
             assert m.stamp_ns == 1_000_000_001 + k * 5_000_000
             assert np.array_equal(m.rcs, np.arange(k % 7, dtype=np.float32) + 4000 + k)
+
+
+def test_record_writer_keeps_publish_time_metadata_and_attachments(tmp_path):
+    """The record layer on its own, read back with mcap's reader: pre-encoded payloads, publish_time apart
+    from log_time, channel metadata, a schemaless channel, chunks cut by size, attachment and metadata."""
+    from mcap.reader import make_reader
+
+    path = tmp_path / "records.mcap"
+    w = McapRecordWriter(path, "test-lib/1", chunk_size=300)
+    w.add_attachment("notes.txt", "text/plain", b"hello")
+    w.add_metadata("run", {"scenario": "records"})
+    sid = w.add_schema("std_msgs/msg/String", "ros2msg", b"string data\n")
+    assert w.add_schema("std_msgs/msg/String", "ros2msg", b"string data\n") == sid
+    a = w.add_channel("/a", "cdr", sid, {"sensor_id": "x"})
+    b = w.add_channel("/b", "json", 0, {})
+    for k in range(20):
+        w.add_message(a if k % 2 else b, 1000 + k, 5000 + 7 * k, k, bytes([k]) * 40)
+    w.finish()
+    w.finish()  # idempotent
+
+    with open(path, "rb") as f:
+        reader = make_reader(f)
+        assert reader.get_header().library == "test-lib/1"
+        summary = reader.get_summary()
+        assert len(summary.chunk_indexes) > 1
+        assert summary.statistics.message_count == 20
+        assert summary.statistics.channel_message_counts == {a: 10, b: 10}
+        got = [(ch.topic, m.log_time, m.publish_time, m.sequence, m.data) for _, ch, m in reader.iter_messages()]
+        assert got == [("/a" if k % 2 else "/b", 1000 + k, 5000 + 7 * k, k, bytes([k]) * 40) for k in range(20)]
+        assert summary.channels[a].metadata == {"sensor_id": "x"} and summary.channels[b].schema_id == 0
+        assert [(x.name, x.data) for x in reader.iter_attachments()] == [("notes.txt", b"hello")]
+        assert [(x.name, x.metadata) for x in reader.iter_metadata()] == [("run", {"scenario": "records"})]
+
+
+def test_abandoned_record_writer_keeps_flushed_chunks(tmp_path):
+    from mcap.exceptions import EndOfFile
+    from mcap.reader import NonSeekingReader
+
+    path = tmp_path / "abandoned.mcap"
+    w = McapRecordWriter(path, "test-lib/1", chunk_size=1 << 20)
+    cid = w.add_channel("/a", "cdr", 0, {"sensor_id": ""})
+    w.add_message(cid, 10, 11, 0, b"first")
+    w.flush()
+    w.add_message(cid, 20, 21, 1, b"lost")  # still in the chunk in progress
+    w.abandon()
+    got = []
+    with open(path, "rb") as f, pytest.raises(EndOfFile):  # no summary, no footer: the stream just ends
+        for _, _, m in NonSeekingReader(f).iter_messages(log_time_order=False):
+            got.append((m.log_time, m.publish_time, m.data))
+    assert got == [(10, 11, b"first")]
+    with RecordingReader(path) as rec:
+        assert not rec.complete and rec.summary().message_count == 1
 
 
 def test_killed_writer_leaves_every_complete_chunk_readable(tmp_path, rig):
