@@ -16,6 +16,13 @@ audio was recorded at. Multichannel input is mixed by averaging power spectra, n
 the waveforms of a 0.2 m array would comb-filter an off-axis siren (0.58 ms between microphones puts a
 notch near 860 Hz, in the middle of the siren band).
 
+Window: WINDOW_S = 1 s, so a siren is reported about a second after it starts. What one window can show
+is limited: the slow end of a wail, or a two-tone siren that holds each tone for most of the window, is
+a steady tone there and looks like a horn. The training data labels a window "siren" only where the
+pitch visibly moves (perception/train_siren.py), and a clip or a stream is judged over several windows
+(:func:`clip_siren_probability`: the maximum over 1 s windows every 0.5 s). A 2 s window (32 ms hop, same
+input size) was tried and did worse within the training budget.
+
 Direction of arrival (:func:`doa_bearing`): far-field plane wave, microphones at known positions in the
 ego frame. For every frame (64 ms) and every pair (i, j) the PHAT-weighted cross-spectrum
 ``X_i X_j* / |X_i X_j*|`` is kept only on the siren's bins (the tonal bins: each frame's bins within
@@ -35,7 +42,7 @@ import functools
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Literal
 
 import numpy as np
 
@@ -44,10 +51,10 @@ from perception.decode import Detections3D, SirenEvent
 
 # ------------------------------------------------------------------------------------------- constants
 FEATURE_RATE_HZ = 16000  # every feature is computed at this rate (audio is resampled to it)
-WINDOW_S = 1.0  # the network sees this much audio
+WINDOW_S = 1.0  # the network sees this much audio (see "Window" in the module docstring)
 WINDOW_SAMPLES = int(WINDOW_S * FEATURE_RATE_HZ)
 N_FFT = 1024  # 64 ms Hann frames: 15.6 Hz bins, fine enough to see a siren's harmonics
-HOP = 256  # 16 ms
+HOP = 256  # 16 ms: 6+ frames per cycle of the fastest yelp (0.1 s)
 N_MELS = 64
 FMIN_HZ = 50.0
 FMAX_HZ = 8000.0
@@ -61,6 +68,7 @@ RESAMPLE_KAISER_BETA = 8.6  # ~ -80 dB stop band
 SPEED_OF_SOUND_MPS = 343.0
 SIREN_BAND_HZ = (400.0, 4500.0)  # siren fundamentals and their first harmonics (DOA band)
 DOA_FRAME_S = 0.064
+DOA_WINDOW_S = 0.5  # the detector takes the bearing from the newest 0.5 s (a passing car turns fast)
 DOA_PEAK_DB = 20.0  # bins within this of the frame's strongest in-band bin count as siren bins
 DOA_COARSE_DEG = 0.5
 DOA_FINE_DEG = 0.02
@@ -163,7 +171,7 @@ def log_mel(audio: np.ndarray, sample_rate: int) -> np.ndarray:
         sample_rate: [Hz] of ``audio``, any positive integer.
     Returns:
         (N_MELS, 1 + (N' - N_FFT) // HOP) float32 [dB re full scale^2], N' the length at FEATURE_RATE_HZ;
-        one second of audio gives (N_MELS, N_FRAMES) = (64, 59) at any input rate.
+        WINDOW_S of audio gives (N_MELS, N_FRAMES) = (64, 59) at any input rate.
     """
     x = np.asarray(audio, dtype=np.float32)
     if x.ndim == 1:
@@ -332,8 +340,8 @@ class SirenEstimate:
     Args:
         stamp_ns: stamp of the newest AudioChunk in the window [ns] (the window ends one chunk later).
         probability: siren detector output in [0, 1].
-        bearing_rad: direction of arrival in the ego frame, CCW from +x [rad] in (-pi, pi]; NaN when the
-            detector has no microphone positions (mono use).
+        bearing_rad: direction of arrival in the ego frame, CCW from +x [rad] in (-pi, pi], from the
+            newest DOA_WINDOW_S of the window; NaN when the detector has no microphone positions (mono use).
         quality: DOA quality in [0, 1] (see :func:`doa_bearing`); 0 without microphone positions.
     """
 
@@ -376,11 +384,21 @@ class SirenDetector:
 
     @classmethod
     def from_weights(cls, path: str | Path, sample_rate: int, n_channels: int,
-                     mic_positions: np.ndarray | None = None) -> "SirenDetector":
-        """A detector running the torch model from a checkpoint written by ``perception train``."""
-        from perception.models.siren import load_siren_model, torch_network  # torch only when asked for
+                     mic_positions: np.ndarray | None = None,
+                     backend: Literal["torch", "onnxruntime"] = "torch") -> "SirenDetector":
+        """A detector running the model from a checkpoint written by ``perception train``, on torch (the
+        reference) or on an ONNX Runtime session with one thread of its own (for use beside other
+        networks: see :func:`perception.models.siren.onnxruntime_network`)."""
+        from perception.models import siren  # torch only when asked for
 
-        return cls(torch_network(load_siren_model(path)), sample_rate, n_channels, mic_positions)
+        model = siren.load_siren_model(path)
+        if backend == "torch":
+            network = siren.torch_network(model)
+        elif backend == "onnxruntime":
+            network = siren.onnxruntime_network(model, num_threads=1)
+        else:
+            raise ValueError(f"SirenDetector: backend must be 'torch' or 'onnxruntime', got {backend!r}")
+        return cls(network, sample_rate, n_channels, mic_positions)
 
     @property
     def ready(self) -> bool:
@@ -401,7 +419,9 @@ class SirenDetector:
                              f"Hz, expected ({self._buffer.shape[0]}, S) at {self.sample_rate} Hz")
         s = s[:, -self._n:]
         k = s.shape[1]
-        self._buffer = np.concatenate([self._buffer[:, k:], s], axis=1)
+        if k:
+            self._buffer[:, :self._n - k] = self._buffer[:, k:]  # shift in place (numpy handles the overlap)
+            self._buffer[:, self._n - k:] = s
         self._filled = min(self._n, self._filled + k)
         self._stamp_ns = int(chunk.stamp_ns)
 
@@ -412,7 +432,8 @@ class SirenDetector:
         prob = siren_probability(self.network, self._buffer, self.sample_rate)
         if self.mic_positions is None:
             return SirenEstimate(self._stamp_ns, prob, float("nan"), 0.0)
-        bearing, quality = doa_bearing(self._buffer, self.mic_positions, self.sample_rate)
+        recent = self._buffer[:, -int(round(DOA_WINDOW_S * self.sample_rate)):]
+        bearing, quality = doa_bearing(recent, self.mic_positions, self.sample_rate)
         return SirenEstimate(self._stamp_ns, prob, bearing, quality)
 
     def __call__(self, chunk: AudioChunk) -> SirenEstimate | None:

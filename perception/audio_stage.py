@@ -66,7 +66,9 @@ class SirenStage:
         if mic.mic_positions is None:
             raise ValueError(f"rig sensor {microphone_id!r} has no mic_positions; the siren stage needs them")
         positions = mic_positions_ego(rig.ego_from(microphone_id), mic.mic_positions)
-        det = SirenDetector.from_weights(path, sample_rate, len(positions), positions)
+        # ONNX Runtime with one thread: the siren network runs beside the detection networks without
+        # touching torch's process-wide thread pool.
+        det = SirenDetector.from_weights(path, sample_rate, len(positions), positions, backend="onnxruntime")
         return SirenStage(det, microphone_id, threshold)
 
     def _push(self, frame: SyncedFrame) -> None:

@@ -11,13 +11,18 @@ CLIP_S of 16 kHz mono audio:
   and mechanical (spin-up / coast-down, rotating-horn modulation). Each is heard from a vehicle passing
   at 0-30 m/s (Doppler, 1 / r), optionally with a ground reflection, reverberation, band limiting,
   partial presence in the clip, clipping and 16-bit quantisation.
-* negative: the same backgrounds without a siren (half of them with a tonal decoy - horn, beeper,
-  machinery, music, bells, whistling wind, voice, barking, engine, train - mixed in exactly as a siren
-  would be: same SNR range and street acoustics): a noise floor (road, wind, white / pink / brown) and
+* negative: a street soundscape without a siren: a noise floor (road, wind, white / pink / brown) and
   0-3 events from: engine (idle, revving), horn beeps and chords, reversing beeper, speech and babble,
   barking, birdsong chirps, rain and impulsive clicks, hammering, music (notes, chords, vibrato), church
-  bells, aircraft and helicopter, train (rumble, wheel clacks, brake squeal), machinery whine and
-  wind whistle; sometimes digital silence.
+  bells (random strikes or a peal), aircraft and helicopter, train (rumble, wheel clacks, brake squeal),
+  machinery whine and wind whistle, each with the same street acoustics as the sirens; half of the
+  negatives also carry a tonal decoy (horn, beeper, machinery, music, bells, whistling wind, voice,
+  barking, engine, train) mixed in exactly as a siren would be (same SNR range), so that "a tone stands
+  out of the noise" never means siren on its own; a few are digital silence.
+
+A positive's pitch must sweep by at least MIN_SWEEP_RATIO within every window the network can see (its
+parameters are redrawn otherwise): a window showing a steady tone cannot tell a siren from a horn, and
+such windows are left to the negatives.
 
 Reproducible: clip ``k`` of split ``s`` depends only on ``(seed, s, k)``, so the data does not depend on
 how many processes make it; the network's initialisation, batch order and dropout come from ``seed``.
@@ -41,10 +46,10 @@ import numpy as np
 
 from calibration.yamlconf import load_yaml_file, to_dict
 from drivers.sim_audio import SIREN_HARMONICS, SPEED_OF_SOUND_MPS, siren_frequency, siren_phase_cycles
-from perception.audio import FEATURE_RATE_HZ, N_FRAMES, N_MELS, log_mel
+from perception.audio import FEATURE_RATE_HZ, N_FRAMES, N_MELS, WINDOW_S, WINDOW_SAMPLES, log_mel
 
 FS = FEATURE_RATE_HZ
-CLIP_S = 1.25  # clips are a little longer than the network's window: each epoch crops a random window
+CLIP_S = WINDOW_S + 0.25  # clips are a little longer than the network's window: each epoch crops a random window
 CLIP_SAMPLES = int(CLIP_S * FS)
 NYQUIST_GUARD_HZ = 7600.0  # harmonics above this are left out (no aliasing at 16 kHz)
 WEIGHTS_NAME = "siren.pt"
@@ -68,17 +73,17 @@ class SirenTrainConfig:
     """
 
     seed: int = 0
-    n_train_clips: int = 8000
-    n_val_clips: int = 800
+    n_train_clips: int = 6000
+    n_val_clips: int = 600
     positive_fraction: float = 0.5
-    snr_db_min: float = -10.0
+    snr_db_min: float = -5.0
     snr_db_max: float = 20.0
-    epochs: int = 6
+    epochs: int = 10
     batch_size: int = 64
-    lr: float = 3e-3
+    lr: float = 2e-3
     weight_decay: float = 1e-4
     channels: tuple[int, int, int, int] = (16, 32, 48, 64)
-    val_every_steps: int = 200
+    val_every_steps: int = 100
     num_threads: int = 2
     num_workers: int = 2
 
@@ -118,30 +123,40 @@ def _unit(x: np.ndarray) -> np.ndarray:
     return x / r if r > 1e-12 else x
 
 
+def _fast_len(n: int) -> int:
+    """A length >= n that is a multiple of 1024 (FFT-friendly)."""
+    return -(-n // 1024) * 1024
+
+
 def _shape_spectrum(x: np.ndarray, gain_of_hz) -> np.ndarray:
     """Zero-phase filter ``x`` by the gain curve ``gain_of_hz(f)`` (FFT, padded against wrap-around)."""
     n = len(x)
-    m = 1 << int(math.ceil(math.log2(n + 4096)))
+    m = _fast_len(n + 2048)
     f = np.fft.rfftfreq(m, 1.0 / FS)
     return np.fft.irfft(np.fft.rfft(x, m) * gain_of_hz(f), m)[:n]
 
 
 def _noise(rng: np.random.Generator, n: int, gain_of_hz) -> np.ndarray:
-    """Unit-rms Gaussian noise with the magnitude response ``gain_of_hz``."""
-    return _unit(_shape_spectrum(rng.normal(size=n), gain_of_hz))
+    """Unit-rms Gaussian noise with the magnitude response ``gain_of_hz`` (drawn directly as a spectrum:
+    stationary noise needs no padding)."""
+    f = np.fft.rfftfreq(n, 1.0 / FS)
+    spec = (rng.normal(size=len(f)) + 1j * rng.normal(size=len(f))) * gain_of_hz(f)
+    return _unit(np.fft.irfft(spec, n))
 
 
 def _smooth_random(rng: np.random.Generator, n: int, rate_hz: float) -> np.ndarray:
-    """Unit-rms random curve varying on the time scale 1 / rate_hz (cubic-interpolated knots)."""
+    """Unit-rms random curve varying on the time scale 1 / rate_hz (Catmull-Rom spline through random
+    knots, evaluated every 1 ms and linearly interpolated)."""
     k = int(math.ceil(n / FS * rate_hz)) + 4
     knots = rng.normal(size=k)
-    x = np.linspace(1.0, k - 3.0, n)
+    m = n // 16 + 2
+    x = np.linspace(1.0, k - 3.0, m)
     i = np.clip(x.astype(int), 1, k - 3)
     u = x - i
     p0, p1, p2, p3 = knots[i - 1], knots[i], knots[i + 1], knots[i + 2]
-    # Catmull-Rom spline
     y = 0.5 * (2 * p1 + (-p0 + p2) * u + (2 * p0 - 5 * p1 + 4 * p2 - p3) * u ** 2 + (-p0 + 3 * p1 - 3 * p2 + p3) * u ** 3)
-    return _unit(y - y.mean()) if np.std(y) > 0 else y
+    y = np.interp(np.linspace(0.0, m - 1.0, n), np.arange(m), y)
+    return _unit(y - y.mean())
 
 
 def _harmonic_amps(rng: np.random.Generator, n_max: int) -> np.ndarray:
@@ -175,7 +190,7 @@ def _tone(phase_cycles: np.ndarray, freq_hz: np.ndarray, amps: np.ndarray) -> np
 
 
 def _phase(freq_hz: np.ndarray) -> np.ndarray:
-    """Phase [cycles] of a tone with instantaneous frequency ``freq_hz`` (per sample), random start."""
+    """Phase [cycles] of a tone with instantaneous frequency ``freq_hz`` (per sample), 0 at the first sample."""
     return np.cumsum(freq_hz) / FS
 
 
@@ -205,7 +220,7 @@ def _smooth(x: np.ndarray, k: int) -> np.ndarray:
 
 def _fft_convolve(x: np.ndarray, kernel: np.ndarray) -> np.ndarray:
     """Linear convolution by FFT, first len(x) samples."""
-    m = 1 << int(math.ceil(math.log2(len(x) + len(kernel))))
+    m = _fast_len(len(x) + len(kernel))
     return np.fft.irfft(np.fft.rfft(x, m) * np.fft.rfft(kernel, m), m)[:len(x)]
 
 
@@ -299,7 +314,7 @@ def _sweeps(f_emit: np.ndarray) -> bool:
     """True when the emitted fundamental spans MIN_SWEEP_RATIO within both the first and the last
     window of the clip (the crops furthest apart): a window showing a steady tone is not labelled siren,
     since a horn or a whistle looks the same there."""
-    w = min(len(f_emit), int(round(FS * 1.0)))
+    w = min(len(f_emit), WINDOW_SAMPLES)
     return all(part.max() >= MIN_SWEEP_RATIO * part.min() for part in (f_emit[:w], f_emit[-w:]))
 
 
@@ -887,8 +902,8 @@ def train_siren(config: SirenTrainConfig, out_dir: str | Path, progress: bool = 
             bar.update(1)
             if step % config.val_every_steps == 0 or step == total:
                 val_metrics = evaluate_siren(model, *val)
-                history.append({"step": step, "loss": float(loss), "val_accuracy": val_metrics["accuracy"]})
-                bar.set_postfix(loss=f"{float(loss):.3f}", val_acc=f"{val_metrics['accuracy']:.3f}")
+                history.append({"step": step, "loss": float(loss.detach()), "val_accuracy": val_metrics["accuracy"]})
+                bar.set_postfix(loss=f"{float(loss.detach()):.3f}", val_acc=f"{val_metrics['accuracy']:.3f}")
     bar.close()
     if not val_metrics:
         val_metrics = evaluate_siren(model, *val)

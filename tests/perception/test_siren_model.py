@@ -1,9 +1,9 @@
 """The siren network: its I/O spec, ONNX export parity, the training run (config, reproducibility,
 checkpoint), and the shipped weights on real recordings (ESC-50 sirens vs. other street sounds).
 
-How a real clip is scored: the 5 s clip (44.1 kHz) is resampled once to 16 kHz, cut into 1 s windows
-every 0.5 s (9 windows; the last one aligned to the clip's end), and the clip's probability is the
-maximum over its windows (:func:`perception.audio.clip_siren_probability`); a clip is flagged as a siren
+How a real clip is scored: the 5 s clip (44.1 kHz) is resampled once to 16 kHz, cut into windows of
+WINDOW_S = 1 s every 0.5 s (9 windows; the last one aligned to the clip's end), and the clip's probability
+is the maximum over its windows (:func:`perception.audio.clip_siren_probability`); a clip is flagged as a siren
 at >= 0.5.
 """
 
@@ -26,9 +26,10 @@ from perception.models.siren import (
     export_siren_onnx,
     load_siren_model,
     n_parameters,
+    onnxruntime_network,
     torch_network,
 )
-from perception.train_siren import SirenTrainConfig, load_siren_train_config, synth_clip, train_siren
+from perception.train_siren import load_siren_train_config, synth_clip, train_siren
 
 REPO = Path(__file__).resolve().parents[2]
 WEIGHTS = REPO / "recordings" / "models" / "siren.pt"
@@ -75,6 +76,16 @@ def test_onnx_export_matches_torch_to_1e_4(tmp_path):
         np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-6)
 
 
+def test_onnxruntime_backend_runs_the_shipped_weights_like_torch():
+    model = shipped_model()
+    before = torch.get_num_threads()
+    ort_run, torch_run = onnxruntime_network(model, num_threads=1), torch_network(model, num_threads=1)
+    feeds = SIREN_SPEC.random_inputs(9)
+    feeds[SIREN_INPUT] = feeds[SIREN_INPUT] * 50.0 - 50.0
+    np.testing.assert_allclose(ort_run(feeds)[SIREN_OUTPUT], torch_run(feeds)[SIREN_OUTPUT], rtol=1e-4, atol=1e-6)
+    assert torch.get_num_threads() == before  # the torch backend put the thread setting back
+
+
 def test_torch_backend_refuses_a_wrongly_shaped_feed():
     run = torch_network(SirenNet())
     with pytest.raises(ValueError, match="siren.log_mel"):
@@ -113,7 +124,7 @@ def test_a_tiny_training_run_is_reproducible_and_writes_a_safe_checkpoint(tmp_pa
     assert set(ckpt) == {"config", "state_dict", "val"}
     assert ckpt["config"]["channels"] == [4, 4, 8, 8] and ckpt["config"]["seed"] == config.seed
     assert 0.0 <= ckpt["val"]["accuracy"] <= 1.0 and ckpt["val"]["n_clips"] == 16
-    assert [h["step"] for h in ckpt["val"]["history"]] == [2]
+    assert [h["step"] for h in ckpt["val"]["history"]] == [2, 3]  # every 2 steps and at the end
     other = torch.load(second, map_location="cpu", weights_only=True)["state_dict"]
     assert all(torch.equal(v, other[k]) for k, v in ckpt["state_dict"].items())
     model = load_siren_model(first)
@@ -151,7 +162,7 @@ def test_shipped_detector_on_real_esc50_clips(realdata):
     sirens = [p for p in clips if p.stem.endswith("-42")]  # ESC-50 class 42 is "siren"
     others = [p for p in clips if not p.stem.endswith("-42")]
     assert (len(sirens), len(others)) == (8, 11)
-    run = torch_network(shipped_model())
+    run = torch_network(shipped_model(), num_threads=1)  # one window at a time: one thread is fastest
     scores = {}
     for p in clips:
         audio, rate = read_wav(p)
