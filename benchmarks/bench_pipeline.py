@@ -47,7 +47,7 @@ def replay(recording: Path, backend: str, realtime: bool, out: Path):
 
 def non_network_ms(latency) -> np.ndarray:
     per_frame = []
-    for f in latency._frames:  # one FrameTiming per emitted frame
+    for f in latency.frames:  # one FrameTiming per emitted frame
         per_frame.append(sum(ms for name, ms in f.stages if name not in NETWORK_STAGES))
     return np.array(per_frame)
 

@@ -239,7 +239,8 @@ class EgoMotion:
         dt = (t - stamps[i]) * 1e-9
         span = (stamps[j] - stamps[i]).astype(np.float64)
         w = np.where(span > 0, (t - stamps[i]) / np.where(span > 0, span, 1.0), 0.0)
-        omega = np.where(beyond[:, None], np.stack([last.angular_velocity] * len(t)) if len(t) else w_b, w_b)
+        omega = w_b.copy()
+        omega[beyond] = last.angular_velocity  # extrapolation at the newest sample's rates
         R = a_R @ _rotvec_to_matrix_batch(omega * dt[:, None])
         p = a_p * (1 - w[:, None]) + b_p * w[:, None]
         if beyond.any():

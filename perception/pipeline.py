@@ -145,7 +145,7 @@ class Pipeline:
         cam = self.camera_net({"images": self._images})
         lap("camera_net")
         np.multiply(cam["depth"], x.camera_present.astype(np.float32)[:, None, None, None], out=self._depth)
-        self._pool(self._depth, cam["features"], f["camera_bev"][0].reshape(self.cfg.camera_channels, -1))
+        self._pool_plan(self._depth, cam["features"], f["camera_bev"][0].reshape(self.cfg.camera_channels, -1))
         lap("bev_pool")
         out = self.bev_net(f)
         lap("bev_net")
@@ -161,9 +161,6 @@ class Pipeline:
     def last_missing(self) -> frozenset[str]:
         """Sensors missing from the last frame, those dropped on purpose included."""
         return self.last_inputs.missing if self.last_inputs is not None else frozenset()
-
-    def _pool(self, depth, features, out) -> None:
-        self._pool_plan(depth, features, out)
 
 
 def checkpoint_hash(path: Path) -> str:

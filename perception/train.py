@@ -179,7 +179,6 @@ class SampleBuilder:
                     drop = {m: False for m in MODALITIES}
                 use = {m: use[m] and not drop[m] for m in MODALITIES}
             flip = train and self.flip and rng.random() < 0.5
-            sign = np.float32(-1.0 if flip else 1.0)
             if use["lidar"] and drive.lidar_present[i]:
                 pts = drive.lidar_points(i)
                 if flip:
@@ -212,7 +211,6 @@ class SampleBuilder:
                 boxes[:, 6] *= -1
                 vel[:, 1] *= -1
             targets.append(make_targets(c, boxes, vel, labels))
-            del sign
         return Batch(lp, li, rp, ri, images.reshape(b * c.n_cameras, 3, c.image_height, c.image_width),
                      cam_present, presence, np.stack([t.heatmap for t in targets]),
                      np.stack([t.index for t in targets]), np.stack([t.regression for t in targets]),
@@ -243,20 +241,25 @@ class Detector:
     def forward(self, batch: Batch):
         import torch
 
+        t = torch.from_numpy
+        return self.bev(t(batch.lidar_pillars), t(batch.lidar_index), t(batch.radar_pillars),
+                        t(batch.radar_index), self.camera_bev(batch), t(batch.presence))
+
+    def camera_bev(self, batch: Batch):
+        """(B, C, ny, nx) pooled camera features of the batch (lift-splat, present cameras only)."""
+        import torch
+
         from perception.models.networks import camera_bev_torch
 
         c = self.cfg
         t = torch.from_numpy
-        if batch.presence[:, 1].any():
-            depth, feats = self.camera(t(batch.images))
-            depth = depth * t(batch.camera_present).reshape(-1, 1, 1, 1)
-            cam_bev = camera_bev_torch(depth, feats, self.cell_index, c.grid.n_cells, c.grid.ny, c.grid.nx)
-        else:
+        if not batch.presence[:, 1].any():
             # No camera in the whole batch: the BEV net zeroes camera features anyway (presence 0), so the
             # camera network's output cannot matter; skip it (LiDAR-only runs train ~2x faster).
-            cam_bev = torch.zeros(len(batch.presence), c.camera_channels, c.grid.ny, c.grid.nx)
-        return self.bev(t(batch.lidar_pillars), t(batch.lidar_index), t(batch.radar_pillars),
-                        t(batch.radar_index), cam_bev, t(batch.presence))
+            return torch.zeros(len(batch.presence), c.camera_channels, c.grid.ny, c.grid.nx)
+        depth, feats = self.camera(t(batch.images))
+        depth = depth * t(batch.camera_present).reshape(-1, 1, 1, 1)
+        return camera_bev_torch(depth, feats, self.cell_index, c.grid.n_cells, c.grid.ny, c.grid.nx)
 
     def state_dict(self) -> dict:
         return {"camera": self.camera.state_dict(), "bev": self.bev.state_dict()}
@@ -467,7 +470,6 @@ def int8_calibration(checkpoint: str | Path, n_frames: int = 64, progress: bool 
     camera network). Returns ``spec -> iterable of feeds`` as :func:`perception.export.export_all` takes it."""
     import torch
 
-    from perception.models.networks import camera_bev_torch
     from perception.training_data import Drive
 
     det, net_cfg, _ = detector_from_checkpoint(checkpoint)
@@ -483,10 +485,7 @@ def int8_calibration(checkpoint: str | Path, n_frames: int = 64, progress: bool 
                 yield {"images": b.images}
                 continue
             with torch.inference_mode():
-                depth, feats = det.camera(torch.from_numpy(b.images))
-                depth = depth * torch.from_numpy(b.camera_present).reshape(-1, 1, 1, 1)
-                cam_bev = camera_bev_torch(depth, feats, det.cell_index, net_cfg.grid.n_cells, net_cfg.grid.ny,
-                                           net_cfg.grid.nx).numpy()
+                cam_bev = det.camera_bev(b).numpy()
             yield {"lidar_pillars": b.lidar_pillars, "lidar_index": b.lidar_index, "radar_pillars": b.radar_pillars,
                    "radar_index": b.radar_index, "camera_bev": cam_bev, "presence": b.presence}
 
