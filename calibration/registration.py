@@ -155,7 +155,7 @@ class RegistrationResult:
         """A few lines for a person: the transform, fit and 1-sigma uncertainty."""
         T = self.target_from_source
         return "\n".join([
-            f"{T.name}: t = {np.round(T.translation, 4).tolist()} m, q_wxyz = {np.round(T.rotation_wxyz, 6).tolist()}",
+            T.report_line(),
             f"fitness {self.fitness:.3f}, inlier RMSE {self.inlier_rmse_m * 100:.2f} cm, "
             f"{self.n_correspondences} correspondences over {len(self.per_frame)} frame(s)",
             f"1-sigma: rotation {np.round(self.sigma_rotation_deg, 4).tolist()} deg, "
@@ -525,7 +525,7 @@ class LidarRadarCalibration:
         """A few lines for a person."""
         T = self.ego_from_radar
         return "\n".join([
-            f"{T.name}: t = {np.round(T.translation, 4).tolist()} m, q_wxyz = {np.round(T.rotation_wxyz, 6).tolist()}",
+            T.report_line(),
             f"change from prior: dx {self.delta_xy_m[0] * 100:+.2f} cm, dy {self.delta_xy_m[1] * 100:+.2f} cm, "
             f"dyaw {self.delta_yaw_deg:+.3f} deg",
             f"1-sigma: x {self.sigma_xy_m[0] * 100:.2f} cm, y {self.sigma_xy_m[1] * 100:.2f} cm, "

@@ -203,6 +203,11 @@ class Transform:
             and np.allclose(self.translation, other.translation, atol=atol)
         )
 
+    def report_line(self) -> str:
+        """One line for calibration reports: name, translation [m] to 0.1 mm, wxyz quaternion to 1e-6."""
+        return (f"{self.name}: t = {np.round(self.translation, 4).tolist()} m, "
+                f"q_wxyz = {np.round(self.rotation_wxyz, 6).tolist()}")
+
     def __repr__(self) -> str:
         t = np.round(self.translation, 4).tolist()
         q = np.round(self.rotation_wxyz, 5).tolist()
