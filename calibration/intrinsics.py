@@ -481,14 +481,16 @@ def _solve(model: ModelName, obj: list[np.ndarray], img: list[np.ndarray], size:
             [np.asarray(t, np.float64).reshape(3) for t in tvecs])
 
 
-def _ill_conditioned_view(obj: list[np.ndarray], img: list[np.ndarray], size: tuple[int, int], named: int,
-                          paths: list[Path]) -> tuple[int, str]:
+def _ill_conditioned_view(obj: list[np.ndarray], img: list[np.ndarray], size: tuple[int, int], named: int | None,
+                          paths: list[Path]) -> tuple[int, str] | None:
     """Which view to drop after cv2.fisheye.calibrate failed with CALIB_CHECK_COND -> (index, reason).
 
     The view OpenCV names is not always the culprit: one bad view spoils the intrinsics, and then a
     good view's pose is what turns ill-conditioned. So each view is left out in turn; the one whose
     removal lets the solve succeed with the lowest error is dropped. When no single removal helps
-    (several bad views), the named view goes, and the next round continues from there."""
+    (several bad views), the named view goes, and the next round continues from there; with no view
+    named (OpenCV 5.1 failing in a view's initial pose) and no single removal helping, None: the solve
+    fails as a whole."""
     best: tuple[float, int] | None = None
     for j in range(len(obj)):
         rest_obj, rest_img = obj[:j] + obj[j + 1:], img[:j] + img[j + 1:]
@@ -501,8 +503,11 @@ def _ill_conditioned_view(obj: list[np.ndarray], img: list[np.ndarray], size: tu
         if np.isfinite(rms) and (best is None or rms < best[0]):
             best = (rms, j)
     if best is not None:
+        named_by = f"naming {paths[min(named, len(paths) - 1)].name}" if named is not None else "naming no view"
         return best[1], (f"ill-conditioned: cv2.fisheye.calibrate fails with this view (CALIB_CHECK_COND, "
-                         f"naming {paths[min(named, len(paths) - 1)].name}) and succeeds without it")
+                         f"{named_by}) and succeeds without it")
+    if named is None:
+        return None
     named = min(named, len(obj) - 1)
     return named, "ill-conditioned: named by cv2.fisheye.calibrate (CALIB_CHECK_COND)"
 
@@ -595,13 +600,18 @@ def calibrate_from_views(
         try:
             cam, rvecs, tvecs = _solve(model, obj, img, size)
         except cv2.error as e:
+            # OpenCV 4 names the ill-conditioned view ("input array N"); OpenCV 5.1 may fail earlier, in
+            # the initial pose of a degenerate view, without naming one.
             m = re.search(r"input array (\d+)", str(e))
-            if model == "fisheye" and m:
-                culprit, reason = _ill_conditioned_view(obj, img, size, int(m.group(1)), [v.path for v in active])
-                bad = active.pop(culprit)
-                reports[bad.path] = ViewReport(bad.path, None, False, reason)
-                continue
             msg = str(e).strip().splitlines()[-1] if str(e).strip() else repr(e)
+            culprit = None
+            if model == "fisheye":
+                culprit = _ill_conditioned_view(obj, img, size, int(m.group(1)) if m else None,
+                                                [v.path for v in active])
+            if culprit is not None:
+                bad = active.pop(culprit[0])
+                reports[bad.path] = ViewReport(bad.path, None, False, culprit[1])
+                continue
             raise CalibrationError(f"{model} calibration failed on {len(active)} views: {msg}") from e
         errs = view_errors(cam, obj, img, rvecs, tvecs)
         # A view the solve could not place (NaN error) is the worst outlier there is.
