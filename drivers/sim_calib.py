@@ -1,5 +1,6 @@
 """Simulated calibration scenarios: a chessboard target in front of the parked car (LiDAR-camera
-extrinsics), and a drive on a winding road (sensor time offsets).
+extrinsics), corner reflectors in front of it (LiDAR-radar extrinsics), and a drive on a winding road
+(sensor time offsets).
 
 LiDAR-camera (:func:`lidar_camera_scenario`): the car with the default rig stands still on flat ground;
 a planar chessboard on a thin pole stand is shown at N poses in front of it (3-8 m away, tilted up to
@@ -21,6 +22,10 @@ a pillar around it. For every pose:
   so there is no rolling distortion.
 
 The truth is the rig's ``ego_from_sensor`` transforms (``default_rig()`` unless another rig is given).
+
+LiDAR-radar (:class:`ReflectorScene`): the car parked on flat ground, 12 corner reflectors on stands in
+front of it, a wall and a parked car; the simulators' LiDAR (``simulate_sweep``) and radar
+(``simulate_scan``) see it as they see any scene.
 
 Time offsets (:class:`WindingScene`, :func:`time_offset_drive`): the default scene has few and gentle
 curves; offset estimation needs rotation that changes often, so this scene replaces the road with
@@ -44,7 +49,7 @@ from calibration.rig import EGO_FRAME, Rig
 from calibration.transform import Transform
 from drivers.sim import SimConfig, SimulatedRig, default_rig
 from drivers.sim_lidar import HIT_NONE, XYZ_STEPS_PER_M, LidarParams, cast_rays, column_azimuths
-from drivers.sim_scene import Road, Scene
+from drivers.sim_scene import LABEL_POLE, LABEL_WALL, Road, Scene, SceneObjects
 
 BOARD_THICKNESS_M = 0.01
 BOARD_REFLECTIVITY = (0.06, 0.85)  # black print, white paper (camera albedo and LiDAR reflectivity)
@@ -370,6 +375,44 @@ def lidar_camera_scenario(n_poses: int = 10, seed: int = 0, rig: Rig | None = No
         points = scan_board(ego_from_lidar, T, target, rng, lidar_params)
         shots.append(BoardShot(image, points, T))
     return LidarCameraScenario(rig, camera_id, lidar_id, target, tuple(shots))
+
+
+# ---------------------------------------------------------------------------------------------- reflectors
+class ReflectorScene(Scene):
+    """The ego standing still (the start of a :class:`Scene` drive with ``max_speed=0``); 12 corner
+    reflectors on stands (0.25 m square, 1.3 m high, at least 4 m apart) 6-45 m in front of a radar at ego
+    x = 3.7 m within +-45 deg, a wall and a parked car. Nothing moves.
+
+    Args:
+        seed: the reflector layout (and the base scene).
+    Attributes:
+        reflectors_ego: (12, 2) float64 reflector centres x y [m] in the ego frame.
+    """
+
+    def __init__(self, seed: int):
+        super().__init__(seed, duration_s=2.0, max_speed=0.0, n_sirens=0, traffic_density=0.0)
+        rng = np.random.default_rng(seed)
+        ego = self.ego_state(0.0)
+        spots: list[np.ndarray] = []
+        while len(spots) < 12:
+            r, a = rng.uniform(6, 45), np.radians(rng.uniform(-45, 45))
+            p = np.array([3.7 + r * np.cos(a), r * np.sin(a)])
+            if all(np.linalg.norm(p - q) > 4.0 for q in spots):
+                spots.append(p)
+        rows = [(p[0], p[1], 0.25, 0.25, 1.3, 0.0, LABEL_POLE) for p in spots]
+        rows += [(30.0, -14.0, 12.0, 0.4, 2.0, 0.3, LABEL_WALL), (18.0, 9.0, 4.5, 1.9, 1.5, 0.1, 0)]
+        a = np.array(rows)
+        c, s = np.cos(ego.yaw), np.sin(ego.yaw)
+        n = len(a)
+        boxes = np.column_stack([ego.x + c * a[:, 0] - s * a[:, 1], ego.y + s * a[:, 0] + c * a[:, 1], a[:, 4] / 2,
+                                 a[:, 2], a[:, 3], a[:, 4], a[:, 5] + ego.yaw])
+        self.reflectors_ego = np.array(spots)
+        self._objects = SceneObjects(boxes, np.zeros((n, 2)), a[:, 6].astype(np.int32), np.arange(n, dtype=np.int32),
+                                     np.full(n, 0.6, np.float32), np.full((n, 3), 150, np.uint8), np.zeros(n, np.int8))
+
+    def objects_world(self, t_s: float) -> SceneObjects:
+        """The reflectors, the wall and the car, world frame (the same at every ``t_s``)."""
+        return self._objects
 
 
 # ---------------------------------------------------------------------------------------------- drives

@@ -224,9 +224,10 @@ def main(argv: list[str] | None = None) -> int:
         if os.environ.get("PERCEPTION_DEBUG"):
             raise
         msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        known = type(e).__name__ in {"CliError", "ConfigError", "RigError", "RecordingError", "CalibrationError",
-                                     "FileNotFoundError", "BagError", "CalibrateCliError",
-                                     "OverlayError", "EvalCliError", "ReplayError", "BackendUnavailable", "ExportError"}
+        # Our own errors (and their subclasses, e.g. TimeOffsetError) speak for themselves; others get their name.
+        known = any(c.__name__ in {"CliError", "ConfigError", "RigError", "RecordingError", "CalibrationError",
+                                   "FileNotFoundError", "BagError", "CalibrateCliError", "OverlayError", "EvalCliError",
+                                   "ReplayError", "BackendUnavailable", "ExportError"} for c in type(e).__mro__)
         prefix = "" if known else f"{type(e).__name__}: "
         print(f"perception {args.command}: error: {prefix}{msg}", file=sys.stderr)
         return EXIT_ERROR

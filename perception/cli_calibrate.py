@@ -227,29 +227,35 @@ def cmd_lidar_camera(args: argparse.Namespace) -> int:
 
 # ---------------------------------------------------------------------------------------------- time offsets
 def cmd_time_offset(args: argparse.Namespace) -> int:
-    from calibration.time_offset import (camera_imu_time_offset, lidar_imu_time_offset, rig_with_time_offset)
-    from drivers.messages import CameraImage, ImuSample, LidarSweep
+    from calibration.time_offset import (camera_imu_time_offset, lidar_imu_time_offset, radar_imu_time_offset,
+                                         rig_with_time_offset)
+    from drivers.messages import CameraImage, ImuSample, LidarSweep, RadarScan
     from drivers.recording import RecordingReader
 
     with RecordingReader(args.recording) as reader:
         rig = _starting_rig(reader, args.rig)
-        if args.sensor not in rig or rig[args.sensor].kind not in ("camera", "lidar"):
-            raise CalibrateCliError(f"--sensor must be a camera or LiDAR of the rig (cameras: "
-                                    f"{', '.join(rig.ids('camera'))}; LiDARs: {', '.join(rig.ids('lidar'))})")
+        if args.sensor not in rig or rig[args.sensor].kind not in ("camera", "lidar", "radar"):
+            raise CalibrateCliError(f"--sensor must be a camera, LiDAR or radar of the rig (cameras: "
+                                    f"{', '.join(rig.ids('camera'))}; LiDARs: {', '.join(rig.ids('lidar'))}; "
+                                    f"radars: {', '.join(rig.ids('radar'))})")
         imu_id = args.imu or (rig.ids("imu") or [""])[0]
         msgs = list(reader.messages(sensors=[args.sensor, imu_id]))
     imu = [m for m in msgs if isinstance(m, ImuSample)]
-    data = [m for m in msgs if isinstance(m, (CameraImage, LidarSweep))]
+    data = [m for m in msgs if isinstance(m, (CameraImage, LidarSweep, RadarScan))]
     if not imu or not data:
         raise CalibrateCliError(f"{args.recording}: needs '{args.sensor}' data and '{imu_id}' IMU samples")
     gyro_t = np.array([m.stamp_ns for m in imu], np.int64)
     gyro = np.array([m.angular_velocity for m in imu])
     stamps = [m.stamp_ns for m in data]
-    if rig[args.sensor].kind == "camera":
+    kind = rig[args.sensor].kind
+    if kind == "camera":
         result = camera_imu_time_offset(rig, args.sensor, imu_id, stamps, [m.image for m in data], gyro_t, gyro)
-    else:
+    elif kind == "lidar":
         result = lidar_imu_time_offset(rig, args.sensor, imu_id, stamps, [m.points for m in data],
                                        [m.time_offset for m in data], gyro_t, gyro)
+    else:
+        result = radar_imu_time_offset(rig, args.sensor, imu_id, stamps, [m.azimuth for m in data],
+                                       [m.elevation for m in data], [m.radial_velocity for m in data], gyro_t, gyro)
     print(result.summary())
     if args.rig:
         rig_with_time_offset(rig, args.sensor, result, reference_id=imu_id).save(args.rig)
@@ -412,12 +418,13 @@ def add_calibrate(sub) -> None:
                                  "written with the result")
     p.set_defaults(func=cmd_lidar_camera)
 
-    p = csub.add_parser("time-offset", help="clock offset of a camera or LiDAR against the IMU",
-                        description="Correlates the sensor's angular rate (camera feature motion, or LiDAR "
-                                    "sweep-to-sweep registration) with the gyro over a drive with turns; reports "
-                                    "sensor clock minus IMU clock with an uncertainty.")
+    p = csub.add_parser("time-offset", help="clock offset of a camera, LiDAR or radar against the IMU",
+                        description="Correlates the sensor's angular rate (camera feature motion, LiDAR "
+                                    "sweep-to-sweep registration, or the yaw rate from a radar's Doppler of the "
+                                    "static world) with the gyro over a drive with turns; reports sensor clock "
+                                    "minus IMU clock with an uncertainty.")
     p.add_argument("recording", help=".mcap recording of a drive with enough rotation (curves)")
-    p.add_argument("--sensor", required=True, help="camera or LiDAR id")
+    p.add_argument("--sensor", required=True, help="camera, LiDAR or radar id")
     p.add_argument("--imu", help="IMU id (default: the rig's first)")
     p.add_argument("--rig", help="rig YAML: read if it exists (else the recording's), written with the offset")
     p.set_defaults(func=cmd_time_offset)

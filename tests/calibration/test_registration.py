@@ -16,7 +16,8 @@ from calibration.rig import Rig, Sensor
 from calibration.transform import Transform
 from drivers.sim_lidar import simulate_sweep
 from drivers.sim_radar import simulate_scan
-from drivers.sim_scene import LABEL_POLE, LABEL_WALL, Scene, SceneObjects
+from drivers.sim_calib import ReflectorScene
+from drivers.sim_scene import Scene
 
 TOP = Transform.from_rpy("ego", "lidar_top", 0.0, 0.0, 0.0, (1.0, 0.0, 1.9))
 # A corner LiDAR at the front left, turned 40 deg outward, pitched 6 deg down and rolled 1 deg.
@@ -127,42 +128,13 @@ PRIOR = Transform.from_rpy("ego", "radar_front", 0.0, 0.0, 0.0, (3.7, 0.0, 0.5))
 RADAR_TRUE = Transform.from_rpy("ego", "radar_front", 0.0, 0.0, np.radians(2.0), (3.74, -0.07, 0.5))
 
 
-class _ReflectorRange(Scene):
-    """The ego standing still; 12 corner reflectors on stands (0.25 m square, 1.3 m high, at least 4 m
-    apart) 6-45 m in front of the radar within +-45 deg, a wall and a parked car."""
-
-    def __init__(self, seed: int):
-        super().__init__(seed, duration_s=2.0, max_speed=0.0, n_sirens=0, traffic_density=0.0)
-        rng = np.random.default_rng(seed)
-        ego = self.ego_state(0.0)
-        spots: list[np.ndarray] = []
-        while len(spots) < 12:
-            r, a = rng.uniform(6, 45), np.radians(rng.uniform(-45, 45))
-            p = np.array([3.7 + r * np.cos(a), r * np.sin(a)])
-            if all(np.linalg.norm(p - q) > 4.0 for q in spots):
-                spots.append(p)
-        rows = [(p[0], p[1], 0.25, 0.25, 1.3, 0.0, LABEL_POLE) for p in spots]
-        rows += [(30.0, -14.0, 12.0, 0.4, 2.0, 0.3, LABEL_WALL), (18.0, 9.0, 4.5, 1.9, 1.5, 0.1, 0)]
-        a = np.array(rows)
-        c, s = np.cos(ego.yaw), np.sin(ego.yaw)
-        n = len(a)
-        boxes = np.column_stack([ego.x + c * a[:, 0] - s * a[:, 1], ego.y + s * a[:, 0] + c * a[:, 1], a[:, 4] / 2,
-                                 a[:, 2], a[:, 3], a[:, 4], a[:, 5] + ego.yaw])
-        self.reflectors_ego = np.array(spots)
-        self._objects = SceneObjects(boxes, np.zeros((n, 2)), a[:, 6].astype(np.int32), np.arange(n, dtype=np.int32),
-                                     np.full(n, 0.6, np.float32), np.full((n, 3), 150, np.uint8), np.zeros(n, np.int8))
-
-    def objects_world(self, t_s: float) -> SceneObjects:
-        return self._objects
-
-
 @pytest.fixture(scope="module")
 def reflector_frames():
     """Three reflector layouts; per layout one LiDAR sweep paired with 50 radar scans (radar mounted at
     RADAR_TRUE: 4 cm forward, 7 cm right and turned 2 deg from the rig's PRIOR)."""
     frames, layouts = [], []
     for seed in (1, 2, 3):
-        scene = _ReflectorRange(seed)
+        scene = ReflectorScene(seed)
         sweep = simulate_sweep(scene, 1.0, 0.1, TOP, "clear", np.random.default_rng(seed))
         rng = np.random.default_rng(100 + seed)
         frames += [(sweep.points, simulate_scan(scene, 1.0, RADAR_TRUE, "clear", rng, "radar_front", k, k).scan)
