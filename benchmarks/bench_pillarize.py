@@ -90,7 +90,8 @@ def main() -> None:
     grid = BevGrid()
     points = simulated_points(args.points, args.seed, args.t)
     c = points.shape[1]
-    configs = [(4096, 512), (4096, 128), (16000, 32)]
+    # The pipeline's own limits first (pipeline_default.yaml: 6000 pillars; the checkpoint's 12000; M = 16).
+    configs = [(6000, 16), (12000, 16), (4096, 512), (4096, 128), (16000, 32)]
     try:
         import torch
         from spconv.pytorch.utils import PointToVoxel

@@ -115,6 +115,20 @@ class Transform:
         object.__setattr__(self, "rotation", R)
         object.__setattr__(self, "translation", t)
 
+    @classmethod
+    def _proper(cls, dst: str, src: str, rotation: np.ndarray, translation: np.ndarray) -> "Transform":
+        """A transform from a rotation known to be proper (a product or transpose of checked rotations,
+        re-orthonormalised): skips the checks of ``__post_init__``, which cost more than the arithmetic
+        in the per-frame ego-motion chains."""
+        obj = object.__new__(cls)
+        R = np.array(rotation, dtype=np.float64).reshape(3, 3)
+        t = np.array(translation, dtype=np.float64).reshape(3)
+        R.flags.writeable = False
+        t.flags.writeable = False
+        for k, v in (("dst", dst), ("src", src), ("rotation", R), ("translation", t)):
+            object.__setattr__(obj, k, v)
+        return obj
+
     @property
     def name(self) -> str:
         """``"dst_from_src"``."""
@@ -165,12 +179,12 @@ class Transform:
         # Re-orthonormalise so long chains do not drift outside the tolerance.
         u, _, vt = np.linalg.svd(R)
         R = u @ vt
-        return Transform(self.dst, other.src, R, self.rotation @ other.translation + self.translation)
+        return Transform._proper(self.dst, other.src, R, self.rotation @ other.translation + self.translation)
 
     def inverse(self) -> "Transform":
         """``dst_from_src -> src_from_dst``."""
         Rt = self.rotation.T
-        return Transform(self.src, self.dst, Rt, -Rt @ self.translation)
+        return Transform._proper(self.src, self.dst, Rt, -Rt @ self.translation)
 
     def apply(self, points: np.ndarray) -> np.ndarray:
         """Map points from ``src`` to ``dst``.

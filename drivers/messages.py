@@ -123,6 +123,11 @@ class AudioChunk:
     def duration_ns(self) -> int:
         return int(round(self.samples.shape[1] * 1e9 / self.sample_rate))
 
+    @property
+    def available_ns(self) -> int:
+        """When the chunk can exist at the earliest: its last sample has been recorded [ns]."""
+        return self.stamp_ns + self.duration_ns
+
 
 @dataclass(frozen=True, eq=False)
 class VehicleSpeed:

@@ -313,6 +313,10 @@ def doa_bearing(audio: np.ndarray, mic_positions: np.ndarray, sample_rate: int,
     total = float(weight.sum()) * len(i)
     if total == 0.0:
         return 0.0, 0.0
+    # Only bins that were tonal in some frame carry anything: steering the others would multiply zeros
+    # (a siren fills a few dozen of the band's ~260 bins, so this is most of the cost saved).
+    used = np.any(cross != 0, axis=0)
+    cross, fb = cross[:, used], fb[used]
     dp = mics[i, :2] - mics[j, :2]  # (P, 2) pair baselines [m]
 
     def srp(theta: np.ndarray) -> np.ndarray:

@@ -86,7 +86,8 @@ class EgoPose:
     angular_velocity: np.ndarray
 
     def odom_from_ego(self) -> Transform:
-        return Transform("odom", "ego", self.rotation, self.translation)
+        # The rotation comes from a unit quaternion (_quat_to_matrix), proper by construction.
+        return Transform._proper("odom", "ego", self.rotation, self.translation)
 
     @property
     def yaw(self) -> float:
@@ -119,6 +120,7 @@ class EgoMotion:
         self._bias_n = 0
         self._window: deque[tuple[int, np.ndarray, np.ndarray]] = deque()  # (t, gyro, accel)
         self._poses: deque[EgoPose] = deque()
+        self._stamps: np.ndarray | None = None  # stamps of _poses, rebuilt on the first query after a change
         self._q = np.array([1.0, 0.0, 0.0, 0.0])
         self._p = np.zeros(3)
         self._speed = 0.0
@@ -161,6 +163,7 @@ class EgoMotion:
         self._poses.append(EgoPose(t, _quat_to_matrix(self._q), self._p.copy(), self._speed, omega_ego))
         while self._poses and t - self._poses[0].stamp_ns > self.history_ns:
             self._poses.popleft()
+        self._stamps = None
 
     def _update_bias(self, t: int, gyro: np.ndarray, accel: np.ndarray) -> None:
         self._window.append((t, gyro, accel))
@@ -184,6 +187,11 @@ class EgoMotion:
             self.still_samples += 1
 
     # ------------------------------------------------------------------ queries
+    def _pose_stamps(self) -> np.ndarray:
+        if self._stamps is None:
+            self._stamps = np.fromiter((p.stamp_ns for p in self._poses), dtype=np.int64, count=len(self._poses))
+        return self._stamps
+
     @property
     def latest(self) -> EgoPose | None:
         return self._poses[-1] if self._poses else None
@@ -201,7 +209,7 @@ class EgoMotion:
             R = last.rotation @ _quat_to_matrix(_quat_exp(last.angular_velocity * dt))
             p = last.translation + last.rotation @ np.array([last.speed * dt, 0.0, 0.0])
             return EgoPose(t_ns, R, p, last.speed, last.angular_velocity)
-        stamps = np.fromiter((p.stamp_ns for p in self._poses), dtype=np.int64, count=len(self._poses))
+        stamps = self._pose_stamps()
         i = int(np.searchsorted(stamps, t_ns, side="right")) - 1
         a, b = self._poses[i], self._poses[min(i + 1, len(self._poses) - 1)]
         if b.stamp_ns == a.stamp_ns:
@@ -228,7 +236,7 @@ class EgoMotion:
         first, last = self._poses[0], self._poses[-1]
         if len(t) and (t.min() < first.stamp_ns or t.max() > last.stamp_ns + 200_000_000):
             raise ValueError(f"t in [{t.min()}, {t.max()}] outside pose history [{first.stamp_ns}, {last.stamp_ns}]")
-        stamps = np.fromiter((p.stamp_ns for p in self._poses), dtype=np.int64, count=len(self._poses))
+        stamps = self._pose_stamps()
         i = np.clip(np.searchsorted(stamps, t, side="right") - 1, 0, len(stamps) - 1)
         j = np.minimum(i + 1, len(stamps) - 1)
         beyond = t >= last.stamp_ns

@@ -2,13 +2,14 @@
 
 Two clocks, one code path:
 
-- **Replay, as fast as possible** (default): the source clock is virtual. A message "arrives" at its stamp;
-  the synchroniser is driven with ``now = stamp`` so replay is deterministic. A frame's end-to-end latency
+- **Replay, as fast as possible** (default): the source clock is virtual. A message "arrives" when it could
+  exist at the earliest (:func:`arrival_order`: at its stamp, an audio chunk at its last sample); the
+  synchroniser is driven with ``now = arrival`` so replay is deterministic. A frame's end-to-end latency
   is the time it waited in the synchroniser on the virtual clock (e.g. for a late camera) plus the measured
   wall time of the pipeline and sinks: the latency it would have had live with data arriving on time.
   Nothing is dropped (there is no wall clock to fall behind).
-- **Real time** (``--realtime``, ``perception live``): a source thread delivers each message at its stamp
-  mapped onto the wall clock (``speed`` times faster for overload tests) and feeds the synchroniser; frames
+- **Real time** (``--realtime``, ``perception live``): a source thread delivers each message at its arrival
+  time mapped onto the wall clock (``speed`` times faster for overload tests) and feeds the synchroniser; frames
   go into a one-slot mailbox. The pipeline thread always takes the newest frame: a frame replaced in the
   mailbox before the pipeline got to it, or one already older than the deadline when taken, is dropped and
   counted, never queued behind. A frame that finishes after its deadline is emitted and counted as
@@ -19,18 +20,44 @@ End-to-end latency = emit time (after the sinks wrote the frame) - frame stamp, 
 
 from __future__ import annotations
 
+import heapq
 import logging
 import threading
 import time
 from dataclasses import dataclass
-from typing import Callable, Iterable, Optional, Protocol
+from typing import Callable, Iterable, Iterator, Optional, Protocol
 
-from drivers.messages import GroundTruthBoxes, Message
+from drivers.messages import AudioChunk, GroundTruthBoxes, Message
 from perception.decode import Detections3D
 from perception.sync import SyncedFrame, Synchronizer
 from perception.timing import LatencyLog
 
 log = logging.getLogger(__name__)
+
+
+def arrival_order(messages: Iterable[Message]) -> Iterator[tuple[int, Message]]:
+    """``(arrival_ns, message)`` in arrival order, for a source in stamp order.
+
+    A message arrives when it can exist at the earliest: at its stamp (a LiDAR sweep is stamped at its last
+    point, a camera image at its exposure), an audio chunk once its last sample is recorded
+    (``stamp + duration``; a 100 ms chunk stamped at its first sample cannot be there before). Replaying a
+    recording with chunks at their first sample would promise live latencies no microphone driver gives.
+    """
+    pending: list[tuple[int, int, Message]] = []
+    n = 0
+    for msg in messages:
+        while pending and pending[0][0] <= msg.stamp_ns:
+            arrival, _, held = heapq.heappop(pending)
+            yield arrival, held
+        arrival = msg.available_ns if isinstance(msg, AudioChunk) else msg.stamp_ns
+        if arrival <= msg.stamp_ns:  # everything still pending arrives later
+            yield arrival, msg
+            continue
+        heapq.heappush(pending, (arrival, n, msg))
+        n += 1
+    while pending:
+        arrival, _, held = heapq.heappop(pending)
+        yield arrival, held
 
 
 class Sink(Protocol):
@@ -125,8 +152,7 @@ class Executor:
 
     # ------------------------------------------------------------------ virtual clock
     def _run_virtual(self) -> None:
-        for msg in self.messages:
-            now = msg.stamp_ns
+        for now, msg in arrival_order(self.messages):
             for frame in self._route(msg, now):
                 self._virtual_frame(frame, now)
         for frame in self.sync.flush():
@@ -162,15 +188,15 @@ class Executor:
         def feed() -> None:
             nonlocal wall0
             try:
-                for msg in self.messages:
+                for arrival, msg in arrival_order(self.messages):
                     if not first:
-                        first.append(msg.stamp_ns)
+                        first.append(arrival)
                         wall0 = time.perf_counter_ns()
-                    wait_ns = (msg.stamp_ns - clock()) / self.speed
+                    wait_ns = (arrival - clock()) / self.speed
                     if wait_ns > 0:
                         time.sleep(wait_ns / 1e9)
                     with cond:
-                        frames = self._route(msg, max(clock(), msg.stamp_ns))
+                        frames = self._route(msg, max(clock(), arrival))
                     post(frames)
                     with cond:
                         frames = self.sync.poll(clock())

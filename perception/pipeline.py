@@ -48,6 +48,9 @@ class PipelineConfig:
         model_cache: where ONNX files / TensorRT engines made from the checkpoint are kept.
         sync_config: synchroniser config.
         lidar_id, camera_ids, radar_ids, imu_id, microphone_id: sensors used (microphone_id null: no audio).
+        lidar_max_pillars: LiDAR pillars the networks take per frame (null: the checkpoint's training
+            value). A buffer size, not a weight: the fewer, the cheaper the pillar encoder; pillars beyond it
+            are dropped, and such frames are counted and logged (``Pipeline.pillar_overflows``).
         lidar_sweeps: deskewed sweeps accumulated.
         score_threshold, top_k, max_detections: decoding.
         siren_threshold: siren probability above which a siren is reported.
@@ -67,6 +70,7 @@ class PipelineConfig:
     radar_ids: tuple[str, ...] = ("radar_front",)
     imu_id: str = "imu"
     microphone_id: Optional[str] = "mic_array"
+    lidar_max_pillars: Optional[int] = None
     lidar_sweeps: int = 3
     score_threshold: float = 0.05
     top_k: int = 300
@@ -129,15 +133,15 @@ class Pipeline:
         self._depth = np.zeros((c.n_cameras, c.depth_bins, c.feature_height, c.feature_width), np.float32)
         self._pool_plan = BevPoolPlan(cell_index, g.n_cells)  # frustum sorted by cell once (static geometry)
         self.last_inputs: FrameInputs | None = None
+        self.pillar_overflows = 0  # frames whose LiDAR filled every pillar (more may have been dropped)
 
     def __call__(self, frame: SyncedFrame) -> Detections3D:
         lap = self.timer.start(frame.stamp_ns)
         x = self.frontend(frame)
-        if self.siren is not None:
-            self.siren.start(frame)  # audio scoring overlaps the networks (worker thread)
         lap("align")
-        f = self._feeds
-        self._lidar_pillarizer(x.lidar_points)
+        f, c = self._feeds, self.cfg
+        if self._lidar_pillarizer(x.lidar_points) >= c.lidar_max_pillars:
+            self._pillars_full(frame.stamp_ns)
         self._radar_pillarizer(x.radar_points)
         f["presence"][0] = x.presence()
         lap("pillarize")
@@ -156,6 +160,12 @@ class Pipeline:
             lap("siren")
         self.last_inputs = x
         return dets
+
+    def _pillars_full(self, stamp_ns: int) -> None:
+        self.pillar_overflows += 1
+        if self.pillar_overflows == 1:
+            log.warning("frame %d filled all %d LiDAR pillars; pillars beyond are dropped (raise lidar_max_pillars "
+                        "in the pipeline config); further such frames are counted", stamp_ns, self.cfg.lidar_max_pillars)
 
     @property
     def last_missing(self) -> frozenset[str]:
@@ -180,7 +190,7 @@ def open_networks(config: PipelineConfig, rig: Rig | None):
     if not ckpt.exists():
         raise FileNotFoundError(f"checkpoint {ckpt} not found (train one with: perception train --config "
                                 f"configs/train_fusion.yaml --out DIR)")
-    det, net_cfg, _ = detector_from_checkpoint(ckpt, rig)
+    det, net_cfg, _ = detector_from_checkpoint(ckpt, rig, config.lidar_max_pillars)
     cell_index = cell_index_for(net_cfg, rig)
     digest = checkpoint_hash(ckpt)
     hashes = {"checkpoint": digest}
@@ -190,7 +200,7 @@ def open_networks(config: PipelineConfig, rig: Rig | None):
         return cam, bev, net_cfg, cell_index, hashes
     from perception.export import export_onnx
 
-    folder = resolve_cache(config.model_cache) / digest[:16]
+    folder = resolve_cache(config.model_cache) / f"{digest[:16]}-p{net_cfg.lidar_max_pillars}"
     folder.mkdir(parents=True, exist_ok=True)
     paths = {}
     for module in (det.camera, det.bev):

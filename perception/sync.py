@@ -16,7 +16,9 @@ Rules (all times integer nanoseconds):
   ``[target, target + duration)`` overlaps that interval (a chunk straddling a frame stamp goes with both
   frames). The first frame, and the first after a re-anchor, takes everything up to its stamp. A stream
   has *covered* a frame once it delivered a sample at or after ``frame stamp - tol_s`` (for audio: a chunk
-  that contains that instant).
+  that contains that instant). A stream with ``tol_s > 0`` thus lets a frame leave before its samples up to
+  the stamp are all in; such a sample, arriving within ``tol_s`` after the frame left, travels with the
+  next frame (not counted late).
 * **Emission and deadline.** The oldest open frame is emitted as soon as every matched sensor has a
   message and every stream has covered it, or when ``now_ns`` reaches its deadline; then ``missing`` names
   the absent sensors and each one's ``missing`` counter increments. The deadline is measured on
@@ -215,7 +217,7 @@ class SyncedFrame:
 class _Item:
     """A message waiting in the synchronizer, with its span on the reference clock [ns]."""
 
-    __slots__ = ("msg", "start", "last", "attached")
+    __slots__ = ("msg", "start", "last", "attached", "carried")
 
     def __init__(self, msg: Message, start: int, last: int):
         self.msg = msg
@@ -224,6 +226,7 @@ class _Item:
         # point samples. Closed intervals make the span rules the same for every stream.
         self.last = last
         self.attached = False  # already handed out in a frame (audio chunks straddling a frame stamp)
+        self.carried = False  # stamped inside an emitted span of a stream that does not hold frames: next frame
 
 
 @dataclass
@@ -520,8 +523,13 @@ class Synchronizer:
 
     def _place_stream(self, sid: str, st: _SensorState, item: _Item) -> None:
         if self._last_emitted is not None and item.last <= self._last_emitted:
-            self._note(sid, Event.LATE, f"sample at {item.start} belongs before the last emitted {self._last_emitted}")
-            return
+            # A stream that does not hold frames (tolerance > 0) lets them leave before its sample at the
+            # stamp arrives; that sample goes with the next frame instead of being lost. Older ones are late.
+            if not (st.cfg.tolerance_ns > 0 and item.last > self._last_emitted - st.cfg.tolerance_ns):
+                self._note(sid, Event.LATE, f"sample at {item.start} belongs before the last emitted "
+                                            f"{self._last_emitted}")
+                return
+            item.carried = True
         if not st.queue or st.queue[-1].start <= item.start:
             st.queue.append(item)
         else:
@@ -590,7 +598,7 @@ class Synchronizer:
                 missing.append(sid)
             keep = []
             for it in st.queue:
-                if it.start <= hi and (lo is None or it.last > lo):
+                if it.start <= hi and (lo is None or it.last > lo or it.carried):
                     taken[type(it.msg)].append((it.start, sid, it.msg))
                     if not it.attached:
                         it.attached = True

@@ -355,13 +355,22 @@ def load_checkpoint_file(path: str | Path) -> dict:
     return torch.load(path, map_location="cpu", weights_only=True)
 
 
-def detector_from_checkpoint(path: str | Path, rig=None):
+def detector_from_checkpoint(path: str | Path, rig=None, lidar_max_pillars: int | None = None):
     """(Detector in eval mode, NetworkConfig, checkpoint dict) from a checkpoint file; the lift geometry
-    comes from ``rig`` (default: the simulated rig the networks were trained on)."""
+    comes from ``rig`` (default: the simulated rig the networks were trained on).
+
+    ``lidar_max_pillars`` replaces the checkpoint's LiDAR pillar budget: a buffer size of the exported
+    graph, not a weight, so the network computes the same for every frame whose pillars fit."""
+    from dataclasses import replace
+
     from perception.models.networks import NetworkConfig
 
     ck = load_checkpoint_file(path)
     net_cfg = NetworkConfig.from_dict(json.loads(ck["network_config"]))
+    if lidar_max_pillars is not None:
+        if lidar_max_pillars < 1:
+            raise ValueError(f"lidar_max_pillars must be >= 1, got {lidar_max_pillars}")
+        net_cfg = replace(net_cfg, lidar_max_pillars=int(lidar_max_pillars))
     det = Detector(net_cfg, cell_index_for(net_cfg, rig))
     det.load_state_dict(ck["model"])
     det.train(False)

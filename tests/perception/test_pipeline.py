@@ -1,0 +1,68 @@
+"""The straight-line pipeline: the LiDAR pillar budget is a buffer size, not a weight."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from drivers.recording import RecordingReader
+from perception.executor import arrival_order
+from perception.pipeline import PipelineConfig, build_pipeline
+from perception.sync import SyncConfig, Synchronizer
+
+ROOT = Path(__file__).resolve().parents[2]
+SAMPLE = ROOT / "recordings" / "sample_drive.mcap"
+
+
+@pytest.fixture(scope="module")
+def frames():
+    reader = RecordingReader(SAMPLE)
+    sync = Synchronizer(SyncConfig.load(ROOT / "configs" / "sync_sim.yaml"))
+    out = []
+    for now, msg in arrival_order(reader.messages()):
+        out += sync.push(msg, now)
+        if len(out) >= 8:
+            break
+    return reader.rig, out[:8]
+
+
+def _run(config: PipelineConfig, rig, frames):
+    pipeline, _ = build_pipeline(config, rig, timing=False)
+    return pipeline, [pipeline(f) for f in frames]
+
+
+def test_a_smaller_pillar_budget_gives_the_same_detections_when_the_pillars_fit(frames, tmp_path):
+    rig, fs = frames
+    base = dataclasses.replace(PipelineConfig.load(ROOT / "configs" / "pipeline_default.yaml"),
+                               model_cache=str(tmp_path), siren_checkpoint=None)
+    full, a = _run(dataclasses.replace(base, lidar_max_pillars=None), rig, fs)  # the checkpoint's 12000
+    small, b = _run(dataclasses.replace(base, lidar_max_pillars=6000), rig, fs)
+    assert full.cfg.lidar_max_pillars == 12000 and small.cfg.lidar_max_pillars == 6000
+    assert small.pillar_overflows == 0
+    assert sum(len(d) for d in a) > 50
+    for da, db in zip(a, b):
+        assert len(da) == len(db)
+        np.testing.assert_allclose(da.boxes, db.boxes, atol=1e-4)
+        np.testing.assert_allclose(da.scores, db.scores, atol=1e-5)
+        assert (da.labels == db.labels).all()
+
+
+def test_frames_that_fill_the_pillar_budget_are_counted(frames, tmp_path, caplog):
+    rig, fs = frames
+    cfg = dataclasses.replace(PipelineConfig.load(ROOT / "configs" / "pipeline_default.yaml"),
+                              model_cache=str(tmp_path), siren_checkpoint=None, lidar_max_pillars=500)
+    pipeline, dets = _run(cfg, rig, fs)
+    assert pipeline.pillar_overflows == len(fs)  # ~1900 pillars a frame do not fit in 500
+    assert sum("filled all 500 LiDAR pillars" in r.message for r in caplog.records) == 1  # logged once
+    assert len(dets) == len(fs)
+
+
+def test_a_pillar_budget_below_one_is_refused(tmp_path, frames):
+    rig, _ = frames
+    cfg = dataclasses.replace(PipelineConfig.load(ROOT / "configs" / "pipeline_default.yaml"),
+                              model_cache=str(tmp_path), siren_checkpoint=None, lidar_max_pillars=0)
+    with pytest.raises(ValueError, match="lidar_max_pillars must be >= 1"):
+        build_pipeline(cfg, rig)
