@@ -76,7 +76,10 @@ default weave leave 3-10 ms (1 sigma); a 60 s drive on a tighter weave (20-35 m 
 Microphone (:func:`microphone_time_offset`): matched filtering (FFT cross-correlation) of each channel
 with the known emitted waveform, a parabola through the peak, minus the propagation delay from the
 known source position to each microphone (speed of sound 343 m/s); the offset is the median over
-channels, its uncertainty the channels' spread (or a 1/10-sample floor for a single channel).
+channels, its uncertainty the channels' spread (or a 1/10-sample floor for a single channel). Its reference
+is the clock of the emission stamp, not the IMU: ``perception calibrate time-offset --sensor <microphone>``
+takes that to be the rig's reference clock and writes the result as is
+(``rig_with_time_offset(rig, mic_id, result, reference_id=None)``).
 """
 
 from __future__ import annotations

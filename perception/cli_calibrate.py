@@ -226,6 +226,11 @@ def cmd_lidar_camera(args: argparse.Namespace) -> int:
 
 
 # ---------------------------------------------------------------------------------------------- time offsets
+# (argparse attribute, flag) of the microphone-only options; the first three are required for a microphone.
+_EVENT_OPTIONS = (("event_wav", "--event-wav"), ("event_stamp", "--event-stamp"),
+                  ("event_position", "--event-position"), ("speed_of_sound", "--speed-of-sound"))
+
+
 def cmd_time_offset(args: argparse.Namespace) -> int:
     from calibration.time_offset import (camera_imu_time_offset, lidar_imu_time_offset, radar_imu_time_offset,
                                          rig_with_time_offset)
@@ -234,10 +239,18 @@ def cmd_time_offset(args: argparse.Namespace) -> int:
 
     with RecordingReader(args.recording) as reader:
         rig = _starting_rig(reader, args.rig)
-        if args.sensor not in rig or rig[args.sensor].kind not in ("camera", "lidar", "radar"):
-            raise CalibrateCliError(f"--sensor must be a camera, LiDAR or radar of the rig (cameras: "
+        if args.sensor not in rig or rig[args.sensor].kind not in ("camera", "lidar", "radar", "microphone"):
+            raise CalibrateCliError(f"--sensor must be a camera, LiDAR, radar or microphone of the rig (cameras: "
                                     f"{', '.join(rig.ids('camera'))}; LiDARs: {', '.join(rig.ids('lidar'))}; "
-                                    f"radars: {', '.join(rig.ids('radar'))})")
+                                    f"radars: {', '.join(rig.ids('radar'))}; microphones: "
+                                    f"{', '.join(rig.ids('microphone'))})")
+        kind = rig[args.sensor].kind
+        if kind == "microphone":
+            return _microphone_time_offset(args, reader, rig)
+        given = [flag for attr, flag in _EVENT_OPTIONS if getattr(args, attr) is not None]
+        if given:
+            raise CalibrateCliError(f"{', '.join(given)}: only for a microphone; '{args.sensor}' is a {kind}, "
+                                    "calibrated against the IMU")
         imu_id = args.imu or (rig.ids("imu") or [""])[0]
         msgs = list(reader.messages(sensors=[args.sensor, imu_id]))
     imu = [m for m in msgs if isinstance(m, ImuSample)]
@@ -247,7 +260,6 @@ def cmd_time_offset(args: argparse.Namespace) -> int:
     gyro_t = np.array([m.stamp_ns for m in imu], np.int64)
     gyro = np.array([m.angular_velocity for m in imu])
     stamps = [m.stamp_ns for m in data]
-    kind = rig[args.sensor].kind
     if kind == "camera":
         result = camera_imu_time_offset(rig, args.sensor, imu_id, stamps, [m.image for m in data], gyro_t, gyro)
     elif kind == "lidar":
@@ -261,6 +273,125 @@ def cmd_time_offset(args: argparse.Namespace) -> int:
         rig_with_time_offset(rig, args.sensor, result, reference_id=imu_id).save(args.rig)
         print(f"wrote {args.rig}")
     return 0
+
+
+def _microphone_time_offset(args: argparse.Namespace, reader, rig) -> int:
+    """The microphone path of ``cmd_time_offset``: the known sound event (``--event-*``) against the
+    microphone's audio in the recording. The result is microphone clock minus the clock of
+    ``--event-stamp``, taken to be the rig's reference clock: it is written as the microphone's
+    ``time_offset_ns`` as is (``rig_with_time_offset(..., reference_id=None)``), not added to the IMU's."""
+    from calibration.time_offset import SPEED_OF_SOUND_MPS, microphone_time_offset, rig_with_time_offset
+
+    missing = [flag for attr, flag in _EVENT_OPTIONS[:3] if getattr(args, attr) is None]
+    if missing:
+        raise CalibrateCliError(f"a microphone is calibrated from a known sound event: also give {', '.join(missing)}")
+    if args.imu is not None:
+        raise CalibrateCliError(f"--imu does not go with a microphone: '{args.sensor}' is timed against the clock "
+                                "of --event-stamp")
+    speed = SPEED_OF_SOUND_MPS if args.speed_of_sound is None else args.speed_of_sound
+    if not (np.isfinite(speed) and speed > 0):
+        raise CalibrateCliError(f"--speed-of-sound must be a positive number [m/s], got {speed}")
+    source = _parse_event_position(args.event_position)
+    waveform, wav_rate = _read_event_wav(args.event_wav)
+    audio, first_stamp_ns, rate = _concatenate_audio(list(reader.messages(sensors=[args.sensor])), args.sensor,
+                                                     args.recording)
+    if wav_rate != rate:
+        raise CalibrateCliError(f"{args.event_wav} is sampled at {wav_rate} Hz but '{args.sensor}' recorded "
+                                f"{rate} Hz audio; resample the event to {rate} Hz")
+    sensor = rig[args.sensor]
+    if len(sensor.mic_positions) != audio.shape[0]:
+        raise CalibrateCliError(f"'{args.sensor}' recorded {audio.shape[0]} channels but the rig lists "
+                                f"{len(sensor.mic_positions)} mic_positions")
+    # The rig's mic_positions are in the array's own frame; the source is given in the ego frame.
+    mics_ego = sensor.ego_from_sensor.apply(np.asarray(sensor.mic_positions, dtype=np.float64))
+    result = microphone_time_offset(audio, first_stamp_ns, rate, waveform, args.event_stamp, source, mics_ego,
+                                    speed_of_sound_mps=speed)
+    print(result.summary())
+    if args.rig:
+        rig_with_time_offset(rig, args.sensor, result, reference_id=None).save(args.rig)
+        print(f"wrote {args.rig}")
+    return 0
+
+
+def _parse_event_position(text: str) -> np.ndarray:
+    """``"X,Y,Z"`` -> (3,) float64 [m] (the sound source in the ego frame). Raises CalibrateCliError."""
+    try:
+        xyz = np.array([float(v) for v in text.split(",")], dtype=np.float64)
+    except ValueError:
+        xyz = np.zeros(0)
+    if xyz.shape != (3,) or not np.all(np.isfinite(xyz)):
+        raise CalibrateCliError(f"--event-position must be X,Y,Z in metres (ego frame), got '{text}'")
+    return xyz
+
+
+def _read_event_wav(path: str) -> tuple[np.ndarray, int]:
+    """The emitted sound from a mono 16-bit PCM WAV file (stdlib ``wave``).
+
+    Args:
+        path: the WAV file.
+    Returns:
+        (waveform (L,) float64 in [-1, 1) (int16 / 32768), sample rate [Hz]).
+    Raises:
+        CalibrateCliError: unreadable file, not mono, not 16-bit PCM, or fewer than 2 samples.
+    """
+    import wave
+
+    try:
+        with wave.open(str(path), "rb") as w:
+            channels, width, rate, n = w.getnchannels(), w.getsampwidth(), w.getframerate(), w.getnframes()
+            data = w.readframes(n)
+    except FileNotFoundError:
+        raise CalibrateCliError(f"--event-wav: no such file {path}") from None
+    except (wave.Error, EOFError, OSError) as e:
+        raise CalibrateCliError(f"--event-wav {path} is not a readable PCM WAV file ({str(e) or type(e).__name__})") \
+            from None
+    if channels != 1 or width != 2:
+        raise CalibrateCliError(f"--event-wav {path} must be mono 16-bit PCM, got {channels} channels of "
+                                f"{8 * width}-bit samples")
+    waveform = np.frombuffer(data, dtype="<i2").astype(np.float64) / 32768.0
+    if len(waveform) < 2:
+        raise CalibrateCliError(f"--event-wav {path} holds {len(waveform)} samples; the event needs at least 2")
+    return waveform, rate
+
+
+def _concatenate_audio(chunks: list, sensor_id: str, recording: str) -> tuple[np.ndarray, int, int]:
+    """One microphone's AudioChunks as one contiguous stream.
+
+    Sample ``k`` of the result is taken to be at ``first_stamp_ns + k / sample_rate`` (microphone clock):
+    the chunks must follow each other within one sample period (a stamp off by more means lost or
+    repeated audio, and the stream's timing would be wrong after it). The check is between neighbouring
+    chunks, so a sample rate that differs slightly from the nominal one (a slow drift of the stamps
+    against the sample count) is not caught: record a few seconds around the event, not a long drive.
+
+    Args:
+        chunks: drivers.messages.AudioChunk of one sensor (any order; sorted by stamp here).
+        sensor_id, recording: for the error messages.
+    Returns:
+        (samples (C, S) float32, one row per microphone, stamp of sample 0 [ns] microphone clock,
+        sample rate [Hz]).
+    Raises:
+        CalibrateCliError: no chunks, a change of sample rate or channel count, or a gap or overlap of more
+            than one sample between two chunks (naming the chunk's stamp).
+    """
+    from drivers.messages import AudioChunk
+
+    chunks = sorted((c for c in chunks if isinstance(c, AudioChunk)), key=lambda c: c.stamp_ns)
+    if not chunks:
+        raise CalibrateCliError(f"{recording}: no audio of '{sensor_id}'")
+    rate, n_ch = int(chunks[0].sample_rate), chunks[0].samples.shape[0]
+    period_ns = 1e9 / rate
+    for prev, cur in zip(chunks, chunks[1:]):
+        if int(cur.sample_rate) != rate or cur.samples.shape[0] != n_ch:
+            raise CalibrateCliError(f"{recording}: '{sensor_id}' audio changes from {n_ch} channels at {rate} Hz to "
+                                    f"{cur.samples.shape[0]} at {cur.sample_rate} Hz at stamp {cur.stamp_ns}")
+        gap_ns = cur.stamp_ns - (prev.stamp_ns + prev.samples.shape[1] * period_ns)
+        if abs(gap_ns) > period_ns:
+            what = "gap" if gap_ns > 0 else "overlap"
+            raise CalibrateCliError(f"{recording}: '{sensor_id}' audio is not contiguous: a {what} of "
+                                    f"{abs(gap_ns) / 1e6:.3f} ms before the chunk stamped {cur.stamp_ns} "
+                                    f"(more than one sample, {period_ns / 1e6:.4f} ms)")
+    samples = np.concatenate([np.asarray(c.samples, dtype=np.float32) for c in chunks], axis=1)
+    return samples, int(chunks[0].stamp_ns), rate
 
 
 # ---------------------------------------------------------------------------------------------- registration
@@ -418,14 +549,35 @@ def add_calibrate(sub) -> None:
                                  "written with the result")
     p.set_defaults(func=cmd_lidar_camera)
 
-    p = csub.add_parser("time-offset", help="clock offset of a camera, LiDAR or radar against the IMU",
-                        description="Correlates the sensor's angular rate (camera feature motion, LiDAR "
-                                    "sweep-to-sweep registration, or the yaw rate from a radar's Doppler of the "
-                                    "static world) with the gyro over a drive with turns; reports sensor clock "
-                                    "minus IMU clock with an uncertainty.")
-    p.add_argument("recording", help=".mcap recording of a drive with enough rotation (curves)")
-    p.add_argument("--sensor", required=True, help="camera, LiDAR or radar id")
-    p.add_argument("--imu", help="IMU id (default: the rig's first)")
+    p = csub.add_parser("time-offset", help="clock offset of a camera, LiDAR or radar against the IMU, or of a "
+                                            "microphone array from a known sound event",
+                        description="Camera, LiDAR, radar: correlates the sensor's angular rate (camera feature "
+                                    "motion, LiDAR sweep-to-sweep registration, or the yaw rate from a radar's "
+                                    "Doppler of the static world) with the gyro over a drive with turns; reports "
+                                    "sensor clock minus IMU clock with an uncertainty, and writes the IMU's rig "
+                                    "offset plus it. Microphone: a known sound (--event-wav) emitted at a known "
+                                    "time (--event-stamp) from a known place (--event-position) is found in every "
+                                    "channel by a matched filter; arrival minus propagation delay minus emission "
+                                    "is microphone clock minus the clock of --event-stamp, which is taken to be "
+                                    "the rig's reference clock: the result is written as the microphone's "
+                                    "time_offset_ns as it is (the IMU is not involved). The audio chunks must be "
+                                    "contiguous (within one sample).")
+    p.add_argument("recording", help=".mcap recording: a drive with enough rotation (curves), or for a microphone "
+                                     "the audio around the sound event")
+    p.add_argument("--sensor", required=True, help="camera, LiDAR, radar or microphone id")
+    p.add_argument("--imu", help="IMU id (default: the rig's first; not for a microphone)")
+    p.add_argument("--event-wav", metavar="FILE.wav",
+                   help="microphone only (required): the emitted sound, mono 16-bit PCM WAV at the recording's "
+                        "audio sample rate")
+    p.add_argument("--event-stamp", type=int, metavar="NS",
+                   help="microphone only (required): emission time of the WAV's first sample [ns], on the rig's "
+                        "reference clock")
+    p.add_argument("--event-position", metavar="X,Y,Z",
+                   help="microphone only (required): the sound source [m] in the ego frame (x forward, y left, "
+                        "z up); write --event-position=-X,Y,Z when X is negative")
+    p.add_argument("--speed-of-sound", type=float, metavar="M/S",
+                   help="microphone only: speed of sound [m/s] (default 343, air at 20 C; about 331.3 + 0.606 "
+                        "per degree C)")
     p.add_argument("--rig", help="rig YAML: read if it exists (else the recording's), written with the offset")
     p.set_defaults(func=cmd_time_offset)
 

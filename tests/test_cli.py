@@ -206,7 +206,7 @@ def test_calibrate_lidar_camera_recovers_the_simulated_truth_and_writes_the_rig(
     assert np.linalg.norm(start.translation) > 0.05  # it really started from a wrong rig
 
 
-def test_calibrate_time_offset_on_the_sample_is_consistent_with_zero_and_rejects_a_microphone(tmp_path):
+def test_calibrate_time_offset_on_the_sample_is_consistent_with_zero_and_refuses_the_imu(tmp_path):
     import re
 
     r = _perception("calibrate", "time-offset", str(SAMPLE), "--sensor", "lidar_top")
@@ -215,9 +215,9 @@ def test_calibrate_time_offset_on_the_sample_is_consistent_with_zero_and_rejects
     assert m, r.stdout
     offset, sigma = float(m.group(1)), float(m.group(2))
     assert abs(offset) <= 3 * sigma  # the sample's clocks have no offset
-    bad = _perception("calibrate", "time-offset", str(SAMPLE), "--sensor", "mic_array",
+    bad = _perception("calibrate", "time-offset", str(SAMPLE), "--sensor", "imu",
                       "--rig", str(tmp_path / "r.yaml"))
-    assert bad.returncode != 0 and "camera, LiDAR or radar" in bad.stderr
+    assert bad.returncode != 0 and "camera, LiDAR, radar or microphone" in bad.stderr
     assert len(bad.stderr.strip().splitlines()) == 1 and not (tmp_path / "r.yaml").exists()
 
 
@@ -256,6 +256,132 @@ def test_calibrate_time_offset_of_a_radar_writes_its_clock_offset_into_the_rig(t
     assert written["radar_front"].time_offset_ns == pytest.approx(offset_ms * 1e6, abs=1_000)
     assert written["imu"].time_offset_ns == 0
     assert written.ego_from("radar_front").allclose(rig.ego_from("radar_front"))
+
+
+# A known sound event for the microphone array: a 30 ms chirp from a loudspeaker 7 m away, the array's clock
+# 12.5 ms ahead of the reference clock, 2 s of 4-channel audio at 16 kHz in 100 ms chunks.
+MIC_T0_NS = 1_700_000_000_000_000_000  # reference time of the first audio sample
+MIC_OFFSET_NS = 12_500_000  # microphone clock minus reference clock
+MIC_RATE = 16000
+MIC_EMISSION_NS = MIC_T0_NS + 700_000_123  # reference clock
+MIC_SOURCE = (6.0, -4.0, 1.2)  # ego frame [m]
+
+
+def _chirp(t, duration_s: float = 0.03, f0: float = 600.0, f1: float = 5000.0):
+    """Linear chirp under a Hann window, zero outside [0, duration]; t [s] since its start."""
+    import numpy as np
+
+    inside = (t >= 0) & (t <= duration_s)
+    phase = 2 * np.pi * (f0 * t + 0.5 * (f1 - f0) / duration_s * t * t)
+    return np.where(inside, np.sin(phase) * np.sin(np.pi * t / duration_s) ** 2, 0.0)
+
+
+def _write_wav(path: Path, waveform, rate: int) -> Path:
+    import wave
+
+    import numpy as np
+
+    with wave.open(str(path), "wb") as w:
+        w.setnchannels(1)
+        w.setsampwidth(2)
+        w.setframerate(rate)
+        w.writeframes(np.round(np.clip(waveform, -1, 1) * 32767).astype("<i2").tobytes())
+    return path
+
+
+def _chirp_session(tmp_path: Path, drop_chunk: int | None = None):
+    """(recording, chirp WAV, rig): the array turned 90 deg (yaw) on the roof, so its microphones sit where
+    only the rig's ego_from_sensor puts them; each channel hears the chirp after its own propagation delay."""
+    import dataclasses
+
+    import numpy as np
+
+    from calibration.rig import Rig
+    from calibration.transform import Transform
+    from drivers.messages import AudioChunk
+    from drivers.recording import RecordingWriter
+    from drivers.sim import default_rig
+
+    base = default_rig(1)
+    turned = Transform.from_rpy("ego", "mic_array", 0.0, 0.0, np.pi / 2, (0.2, 0.0, 1.6))
+    mic = dataclasses.replace(base["mic_array"], ego_from_sensor=turned)
+    rig = Rig("mic_rig", (base["imu"], mic))
+    yaw90 = np.array([[0.0, -1.0, 0.0], [1.0, 0.0, 0.0], [0.0, 0.0, 1.0]])
+    mics_ego = np.array([0.2, 0.0, 1.6]) + np.asarray(mic.mic_positions) @ yaw90.T
+    n = np.arange(2 * MIC_RATE)
+    t_ref = n / MIC_RATE  # reference time of each sample since MIC_T0_NS [s]
+    emission_s = (MIC_EMISSION_NS - MIC_T0_NS) / 1e9
+    rng = np.random.default_rng(3)
+    audio = rng.normal(0.0, 0.005, (len(mics_ego), len(n)))
+    for ch, p in enumerate(mics_ego):
+        r = float(np.linalg.norm(p - np.array(MIC_SOURCE)))
+        audio[ch] += 2.0 / r * _chirp(t_ref - emission_s - r / 343.0)
+    rec = tmp_path / "chirp.mcap"
+    chunk = MIC_RATE // 10
+    with RecordingWriter(rec, rig) as writer:
+        for k in range(len(n) // chunk):
+            if k != drop_chunk:
+                stamp = MIC_T0_NS + MIC_OFFSET_NS + k * 100_000_000  # microphone clock
+                writer.write(AudioChunk("mic_array", stamp, k, audio[:, k * chunk:(k + 1) * chunk].astype(np.float32),
+                                        MIC_RATE))
+    wav = _write_wav(tmp_path / "chirp.wav", 0.5 * _chirp(np.arange(int(0.03 * MIC_RATE) + 1) / MIC_RATE), MIC_RATE)
+    return rec, wav, rig
+
+
+def _mic_args(rec: Path, wav: Path | None, rig_path: Path) -> list[str]:
+    args = ["calibrate", "time-offset", str(rec), "--sensor", "mic_array", "--event-stamp", str(MIC_EMISSION_NS),
+            "--event-position", ",".join(str(v) for v in MIC_SOURCE), "--rig", str(rig_path)]
+    return args + (["--event-wav", str(wav)] if wav is not None else [])
+
+
+def test_calibrate_time_offset_of_a_microphone_array_from_a_known_chirp_writes_its_clock_offset(tmp_path, capsys):
+    import re
+
+    from calibration.rig import Rig
+    from perception.cli import main
+
+    rec, wav, rig = _chirp_session(tmp_path)
+    rig_path = tmp_path / "rig.yaml"
+    rig.save(rig_path)  # believes the array's clock has no offset
+    assert main(_mic_args(rec, wav, rig_path)) == 0, capsys.readouterr().err
+    out = capsys.readouterr().out
+    m = re.search(r"offset ([-+0-9.]+) ms \+- ([0-9.]+) ms", out)
+    assert m and f"wrote {rig_path}" in out, out
+    offset_ms, sigma_ms = float(m.group(1)), float(m.group(2))
+    assert abs(offset_ms - MIC_OFFSET_NS / 1e6) < 0.1 and sigma_ms < 0.05, out
+    written = Rig.load(rig_path)
+    assert abs(written["mic_array"].time_offset_ns - MIC_OFFSET_NS) < 100_000  # within 0.1 ms
+    assert written["imu"].time_offset_ns == 0  # the reference is the event's clock, not the IMU's
+    assert written.ego_from("mic_array").allclose(rig.ego_from("mic_array"))
+
+
+def test_calibrate_time_offset_of_a_microphone_without_a_usable_event_or_audio_leaves_the_rig(tmp_path, capsys):
+    import numpy as np
+
+    from perception.cli import main
+
+    rec, wav, rig = _chirp_session(tmp_path)
+    rig_path = tmp_path / "rig.yaml"
+    rig.save(rig_path)
+    before = rig_path.read_bytes()
+    slow_wav = _write_wav(tmp_path / "chirp_8k.wav", 0.5 * _chirp(np.arange(241) / 8000), 8000)
+    gap_dir = tmp_path / "gap"
+    gap_dir.mkdir()
+    gap_rec, _, _ = _chirp_session(gap_dir, drop_chunk=12)
+    gap_stamp = MIC_T0_NS + MIC_OFFSET_NS + 13 * 100_000_000
+    cases = [
+        (_mic_args(rec, None, rig_path), ["--event-wav"]),
+        (_mic_args(rec, slow_wav, rig_path), ["8000 Hz", "16000 Hz"]),
+        (_mic_args(gap_rec, wav, rig_path), ["gap", str(gap_stamp)]),
+        (["calibrate", "time-offset", str(rec), "--sensor", "imu", "--rig", str(rig_path)],
+         ["camera, LiDAR, radar or microphone"]),  # a kind without a method is refused
+    ]
+    for args, words in cases:
+        code = main(args)
+        err = capsys.readouterr().err
+        assert code != 0 and len(err.strip().splitlines()) == 1, (args, err)
+        assert all(w in err for w in words) and "Traceback" not in err, (words, err)
+        assert rig_path.read_bytes() == before  # a failed calibration leaves the rig alone
 
 
 def test_calibrate_lidar_radar_recovers_the_radar_mount_from_a_wrong_rig_and_leaves_it_on_bad_input(tmp_path):
