@@ -168,7 +168,7 @@ def _progress_bar(total: int | None, quiet: bool):
 def run_pipeline(messages, rig, config, out: Path, *, recording=None, realtime: bool = False, speed: float = 1.0,
                  drop: frozenset[str] = frozenset(), video: Path | None = None, copy_sensors=None,
                  tags: dict | None = None, source_name: str = "", expected_frames: int | None = None,
-                 quiet: bool = False):
+                 quiet: bool = False, paced_by_source: bool = False):
     """Run the configured pipeline over ``messages`` and write the run folder ``out``.
 
     Returns (RunStats, LatencyLog, _Outputs)."""
@@ -216,7 +216,7 @@ def run_pipeline(messages, rig, config, out: Path, *, recording=None, realtime: 
         bar.update(stats.frames - bar.n)
 
     ex = Executor(messages, sync, pipeline, [outputs], latency, config.deadline_ms, realtime, speed,
-                  on_ground_truth=gt.add, progress=progress)
+                  on_ground_truth=gt.add, progress=progress, paced_by_source=paced_by_source)
     # Per-message sync events (late, unmatched) are counted in the health report written at the end,
     # not logged one by one during a run.
     sync_log = logging.getLogger("perception.sync")
@@ -240,6 +240,8 @@ def _summary(stats, latency, outputs, out: Path, config) -> str:
     lines = [format_summary_table(latency), "",
              f"frames emitted {stats.frames} in {stats.wall_s:.1f} s wall; detections {outputs.detections} "
              f"(score >= {config.score_threshold}); siren events {outputs.sirens}; backend {config.backend}",
+             *([f"the simulated rig rendered slower than real time: the clock waited {stats.source_lag_s:.1f} s "
+                f"for it (latency counts from when its data was ready)"] if stats.source_lag_s > 0 else []),
              f"LiDAR pillar budget {outputs.pipeline.cfg.lidar_max_pillars}: full in {outputs.pipeline.pillar_overflows} "
              f"frames (pillars beyond it dropped)",
              "sync: " + ", ".join(f"{r.sensor_id} missing {r.missing} late {r.late}" for r in outputs.health.sensors
@@ -264,6 +266,15 @@ def _load_config(args):
     return cfg
 
 
+def _copied_sensors(args: argparse.Namespace):
+    """Sensors copied into detections.mcap: as asked; by default all in a replay as fast as possible, none in
+    a real-time replay, which stands for a live run (no recording to copy from, and the copy costs ~15 ms of
+    CPU a frame that a live run does not spend)."""
+    if args.copy_sensors is not None:
+        return args.copy_sensors
+    return [] if args.realtime else None
+
+
 def cmd_replay(args: argparse.Namespace) -> int:
     from drivers.recording import RecordingReader
 
@@ -281,7 +292,8 @@ def cmd_replay(args: argparse.Namespace) -> int:
     stats, latency, outputs, _ = run_pipeline(
         reader.messages(), reader.rig, config, out, recording=reader, realtime=args.realtime, speed=args.speed,
         drop=frozenset(args.drop or ()), video=Path(args.video) if args.video else None,
-        copy_sensors=args.copy_sensors, tags=tags, source_name=str(rec), expected_frames=n_lidar, quiet=args.quiet)
+        copy_sensors=_copied_sensors(args), tags=tags, source_name=str(rec), expected_frames=n_lidar,
+        quiet=args.quiet)
     print(_summary(stats, latency, outputs, out, config))
     return 0
 
@@ -329,7 +341,7 @@ def cmd_live(args: argparse.Namespace) -> int:
         stats, latency, outputs, _ = run_pipeline(
             silenced(messages), rig, config, out, realtime=True, speed=args.speed, drop=frozenset(args.drop or ()),
             video=Path(args.video) if args.video else None, source_name=f"simulated rig {args.rig}",
-            expected_frames=int(args.duration * 10), quiet=args.quiet)
+            expected_frames=int(args.duration * 10), quiet=args.quiet, paced_by_source=True)
     finally:
         if recorder is not None:
             recorder.close()
@@ -356,7 +368,8 @@ def add_replay_parsers(sub) -> None:
     p.add_argument("--out", help="run folder (default runs/replay-<recording name>)")
     p.add_argument("--video", help="also write a bird's-eye-view video (.mp4)")
     p.add_argument("--copy-sensors", nargs="*", metavar="SENSOR",
-                   help="sensor channels copied into detections.mcap (default: LiDAR, cameras, radar)")
+                   help="sensor channels copied into detections.mcap (default: LiDAR, cameras, radar; none "
+                        "with --realtime, which stands for a live run)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_replay)
 

@@ -60,6 +60,9 @@ def arrival_order(messages: Iterable[Message]) -> Iterator[tuple[int, Message]]:
         yield arrival, held
 
 
+SOURCE_LAG_NS = 20_000_000  # a paced source this far behind its schedule [source-clock ns] holds the clock
+
+
 class Sink(Protocol):
     """Receives every emitted frame's detections (and the frame and its inputs, for pictures)."""
 
@@ -76,6 +79,7 @@ class RunStats:
     messages: int = 0
     ground_truth: int = 0
     wall_s: float = 0.0
+    source_lag_s: float = 0.0  # source-clock time the clock waited for a slow simulated source
 
 
 class Executor:
@@ -90,6 +94,10 @@ class Executor:
         deadline_ms: per-frame deadline from the frame's stamp.
         realtime: deliver messages at their stamps on the wall clock (see the module docstring).
         speed: real-time factor (2.0 = twice as fast as recorded); realtime only.
+        paced_by_source: realtime only, for a simulated source that may render slower than real time: when a
+            message is due more than ``SOURCE_LAG_NS`` ago, the clock waits for the source (its origin moves
+            by the lag, summed in ``RunStats.source_lag_s``) instead of ageing every frame past its deadline.
+            A real sensor is never paced: its lag is latency.
         on_ground_truth: called with each ground-truth message the source carries (not synchronised).
         progress: called after each emitted or dropped frame with the stats so far.
     """
@@ -97,7 +105,7 @@ class Executor:
     def __init__(self, messages: Iterable[Message], sync: Synchronizer, pipeline, sinks: list, latency: LatencyLog,
                  deadline_ms: float = 100.0, realtime: bool = False, speed: float = 1.0,
                  on_ground_truth: Optional[Callable[[GroundTruthBoxes], None]] = None,
-                 progress: Optional[Callable[[RunStats], None]] = None):
+                 progress: Optional[Callable[[RunStats], None]] = None, paced_by_source: bool = False):
         if speed <= 0:
             raise ValueError(f"speed must be > 0, got {speed}")
         self.messages = messages
@@ -108,6 +116,7 @@ class Executor:
         self.deadline_ns = int(deadline_ms * 1e6)
         self.realtime = realtime
         self.speed = speed
+        self.paced_by_source = paced_by_source
         self.on_ground_truth = on_ground_truth
         self.progress = progress
         self.stats = RunStats()
@@ -195,6 +204,10 @@ class Executor:
                     wait_ns = (arrival - clock()) / self.speed
                     if wait_ns > 0:
                         time.sleep(wait_ns / 1e9)
+                    elif self.paced_by_source and -wait_ns * self.speed > SOURCE_LAG_NS:
+                        lag = -wait_ns  # wall ns the source is behind: the clock waits for it
+                        wall0 += int(lag)
+                        self.stats.source_lag_s += lag * self.speed / 1e9
                     with cond:
                         frames = self._route(msg, max(clock(), arrival))
                     post(frames)

@@ -51,6 +51,9 @@ class TrainConfig:
         val_every, checkpoint_every: steps between validations and between checkpoints.
         threads: torch CPU threads.
         flip: random y-mirror augmentation.
+        lidar_channels, bev_channels, lidar_max_pillars: network sizes (``NetworkConfig``): the BEV
+            backbone's cost grows with bev_channels squared, so they size the model to the frame budget.
+        velocity_weight: L1 weight of the vx, vy regression (the other box terms weigh 1).
     """
 
     name: str = "fusion"
@@ -72,6 +75,10 @@ class TrainConfig:
     checkpoint_every: int = 50
     threads: int = 2
     flip: bool = True
+    lidar_channels: int = 32
+    bev_channels: int = 48
+    lidar_max_pillars: int = 12000
+    velocity_weight: float = 0.2
 
     def __post_init__(self) -> None:
         bad = set(self.modalities) - set(MODALITIES)
@@ -269,12 +276,12 @@ class Detector:
         self.bev.load_state_dict(sd["bev"])
 
 
-CODE_WEIGHTS = (1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 0.2, 0.2)
+CODE_WEIGHTS = (1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0)  # offset x y, z, log size l w h, sin, cos; then vx vy
 
 
-def detection_loss(heat_pred, reg_pred, batch: Batch):
-    """CenterNet focal loss on the heatmap + weighted L1 on the regression at object centres.
-    Returns (total, heatmap part, regression part) torch scalars."""
+def detection_loss(heat_pred, reg_pred, batch: Batch, velocity_weight: float = 0.2):
+    """CenterNet focal loss on the heatmap + weighted L1 on the regression at object centres (the box terms
+    weigh 1, vx and vy ``velocity_weight``). Returns (total, heatmap part, regression part) torch scalars."""
     import torch
 
     t = torch.from_numpy
@@ -290,7 +297,7 @@ def detection_loss(heat_pred, reg_pred, batch: Batch):
     idx = t(batch.target_index).unsqueeze(1).expand(-1, r, -1)
     pred = reg_pred.reshape(b, r, -1).gather(2, idx).permute(0, 2, 1)     # (B, O, 10)
     mask = t(batch.target_mask).unsqueeze(2)
-    w = torch.tensor(CODE_WEIGHTS)
+    w = torch.tensor(CODE_WEIGHTS + (velocity_weight, velocity_weight))
     l1 = (torch.abs(pred - t(batch.target_regression)) * mask * w).sum() / mask.sum().clamp(min=1.0)
     return hm + 0.25 * l1, hm, l1
 
@@ -401,7 +408,8 @@ def train(cfg: TrainConfig, out_dir: str | Path, progress: bool = True) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     torch.set_num_threads(cfg.threads)
     torch.manual_seed(cfg.seed)
-    net_cfg = NetworkConfig()
+    net_cfg = NetworkConfig(lidar_channels=cfg.lidar_channels, bev_channels=cfg.bev_channels,
+                            lidar_max_pillars=cfg.lidar_max_pillars)
     cache = Path(cfg.data_cache)
     train_files = generate_drives(train_drives(cfg), cache, workers=cfg.threads, progress=progress)
     val_files = generate_drives(val_drives(cfg), cache, workers=cfg.threads, progress=progress)
@@ -449,7 +457,7 @@ def train(cfg: TrainConfig, out_dir: str | Path, progress: bool = True) -> Path:
             g["lr"] = _lr_at(step, cfg.steps, cfg.lr)
         det.train(True)
         heat, reg = det.forward(batch)
-        loss, hm, l1 = detection_loss(heat, reg, batch)
+        loss, hm, l1 = detection_loss(heat, reg, batch, cfg.velocity_weight)
         opt.zero_grad()
         loss.backward()
         torch.nn.utils.clip_grad_norm_(det.parameters(), 10.0)

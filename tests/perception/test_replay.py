@@ -80,18 +80,15 @@ def test_unknown_sensor_to_drop_is_a_one_line_error(short_drive, tmp_path, capsy
 
 
 def test_live_sensor_going_silent_does_not_stall_output(tmp_path):
-    # A generous deadline: this checks that frames keep coming without the radar, not how fast this machine
-    # is (the simulated rig itself may run slower than real time on a loaded CI machine).
-    cfg = tmp_path / "pipeline.yaml"
-    text = (ROOT / "configs" / "pipeline_default.yaml").read_text()
-    cfg.write_text(text.replace("deadline_ms: 100.0", "deadline_ms: 60000.0"))
+    # The default 100 ms deadline. The simulated rig renders slower than real time on a 2-core machine; the
+    # clock waits for it (paced source), so frames are not aged past their deadline before they exist.
     out = tmp_path / "live"
-    assert main(["live", "--duration", "2", "--silence", "radar_front@0.5", "--config", str(cfg), "--out", str(out),
-                 "--quiet"]) == 0
+    assert main(["live", "--duration", "2", "--silence", "radar_front@0.5", "--out", str(out), "--quiet"]) == 0
     lat = json.loads((out / "latency.json").read_text())
     f = lat["frames"]
     assert f["total"] == f["emitted"] + f["dropped"]
     assert f["total"] >= 15  # frames kept forming after the radar stopped
+    assert f["emitted"] >= 10  # ... and most made it out
     assert f["partial"] >= 1  # ... and those without radar are marked partial
 
 
