@@ -23,7 +23,8 @@ import numpy as np
 
 from calibration.rig import Rig
 from drivers.messages import AudioChunk
-from perception.audio import SirenDetector, associate_sirens, mic_positions_ego
+from perception.audio import (DOA_WINDOW_S, SPEED_OF_SOUND_MPS, SirenDetector, associate_sirens,
+                              mic_positions_ego)
 from perception.decode import Detections3D
 from perception.sync import SyncedFrame
 
@@ -51,6 +52,7 @@ class SirenStage:
         self.gate_rad = gate_rad
         self.every_frames = max(1, int(every_frames))
         self._last_chunk_ns: int | None = None
+        self._chunk_ns = 0  # duration of the newest chunk: the scored window ends that long after its stamp
         self._frames = 0
         self._estimate = None
         # One worker thread runs the detector (log-mel + CNN + SRP-PHAT); see the module docstring.
@@ -80,6 +82,7 @@ class SirenStage:
                                  f"built for {self.detector.sample_rate} Hz")
             self.detector.push(chunk)
             self._last_chunk_ns = chunk.stamp_ns
+            self._chunk_ns = chunk.duration_ns
 
     def __call__(self, frame: SyncedFrame, dets: Detections3D) -> Detections3D:
         """Siren attribute and events for this frame's detections from the latest finished estimate (audio up
@@ -95,12 +98,33 @@ class SirenStage:
             self._pending = self._pool.submit(self.detector.detect)
         return out
 
+    def _where_heard(self, dets: Detections3D, frame: SyncedFrame) -> Detections3D:
+        """The detections moved back to where they were when the sound the bearing was measured on left them.
+
+        The bearing is the mean over the newest DOA_WINDOW_S of audio scored a frame or more ago, and sound
+        takes range / 343 m/s to arrive: at 60 m, closing at 30 m/s, the vehicle has moved metres since. Each
+        box goes back along its velocity relative to the ego (over-ground velocity minus the ego speed along
+        +x) by ``frame stamp - window centre + range / c``; the boxes keep their indices."""
+        est = self._estimate
+        if len(dets) == 0 or est is None:
+            return dets
+        window_mid_ns = est.stamp_ns + self._chunk_ns - int(DOA_WINDOW_S * 5e8)
+        ego_speed = frame.speed[-1].speed_mps if frame.speed else 0.0
+        xy = dets.boxes[:, :2].astype(np.float64)
+        rel_v = dets.velocities.astype(np.float64) - np.array([ego_speed, 0.0])
+        back_s = (frame.stamp_ns - window_mid_ns) * 1e-9 + np.hypot(xy[:, 0], xy[:, 1]) / SPEED_OF_SOUND_MPS
+        boxes = dets.boxes.copy()
+        boxes[:, :2] = (xy - rel_v * back_s[:, None]).astype(boxes.dtype)
+        return Detections3D(dets.stamp_ns, boxes, dets.velocities, dets.scores, dets.labels, dets.siren,
+                            dets.class_names, dets.siren_events)
+
     def _associate(self, frame: SyncedFrame, dets: Detections3D) -> Detections3D:
         est = self._estimate
         if est is None or not math.isfinite(est.bearing_rad) or est.probability < self.threshold:
             return dets
         keep = np.flatnonzero(dets.scores >= self.min_score)
-        sub = associate_sirens(dets[keep], frame.stamp_ns, est.probability, est.bearing_rad, self.threshold,
+        heard = self._where_heard(dets[keep], frame)
+        sub = associate_sirens(heard, frame.stamp_ns, est.probability, est.bearing_rad, self.threshold,
                                self.gate_rad)
         siren = dets.siren.copy()
         siren[keep] = sub.siren
