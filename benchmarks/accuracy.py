@@ -68,7 +68,7 @@ def run_model(name: str, ckpt: Path, modes: dict, drives, out: Path) -> dict:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--fused", required=True)
+    ap.add_argument("--fused", help="the fused model (all four modes); leave out to score baselines only")
     ap.add_argument("--lidar-only")
     ap.add_argument("--camera-only")
     ap.add_argument("--camera-radar")
@@ -79,7 +79,7 @@ def main() -> int:
     specs = drive_specs(TEST_SEEDS, 10.0, cfg.weathers, cfg.lidar_columns, 2000)
     drives = [Drive.load(p) for p in generate_drives(specs, ROOT / cfg.data_cache)]
     out = Path(args.out)
-    summary = {"fused": run_model("fused", Path(args.fused), MODES, drives, out)}
+    summary = {"fused": run_model("fused", Path(args.fused), MODES, drives, out)} if args.fused else {}
     for key, mods in (("lidar_only", ("lidar",)), ("camera_only", ("camera",)), ("camera_radar", ("camera", "radar"))):
         path = getattr(args, key)
         if path:
