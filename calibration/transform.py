@@ -116,10 +116,12 @@ class Transform:
         object.__setattr__(self, "translation", t)
 
     @classmethod
-    def _proper(cls, dst: str, src: str, rotation: np.ndarray, translation: np.ndarray) -> "Transform":
-        """A transform from a rotation known to be proper (a product or transpose of checked rotations,
-        re-orthonormalised): skips the checks of ``__post_init__``, which cost more than the arithmetic
-        in the per-frame ego-motion chains."""
+    def from_proper_rotation(cls, dst: str, src: str, rotation: np.ndarray,
+                             translation: np.ndarray) -> "Transform":
+        """A transform from a rotation the caller knows to be proper (a product or transpose of checked
+        rotations, re-orthonormalised; a matrix from a unit quaternion): skips the checks of
+        ``__post_init__``, which cost more than the arithmetic in the per-frame ego-motion chains. Anything
+        read from a file or a user goes through the checked constructor."""
         obj = object.__new__(cls)
         R = np.array(rotation, dtype=np.float64).reshape(3, 3)
         t = np.array(translation, dtype=np.float64).reshape(3)
@@ -179,12 +181,13 @@ class Transform:
         # Re-orthonormalise so long chains do not drift outside the tolerance.
         u, _, vt = np.linalg.svd(R)
         R = u @ vt
-        return Transform._proper(self.dst, other.src, R, self.rotation @ other.translation + self.translation)
+        t = self.rotation @ other.translation + self.translation
+        return Transform.from_proper_rotation(self.dst, other.src, R, t)
 
     def inverse(self) -> "Transform":
         """``dst_from_src -> src_from_dst``."""
         Rt = self.rotation.T
-        return Transform._proper(self.src, self.dst, Rt, -Rt @ self.translation)
+        return Transform.from_proper_rotation(self.src, self.dst, Rt, -Rt @ self.translation)
 
     def apply(self, points: np.ndarray) -> np.ndarray:
         """Map points from ``src`` to ``dst``.

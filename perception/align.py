@@ -99,6 +99,13 @@ def _deskew_inputs(sweep: LidarSweep, ego_from_lidar: Transform, motion: EgoMoti
     return pts, idx, w, Rs, ts
 
 
+def warm_up_kernels() -> None:
+    """Compile (or load from the cache) the deskew kernel with the argument types :func:`deskew_sweep`
+    gives it, so the first sweep of a run does not pay for it."""
+    _interpolate_transforms(np.zeros((1, 3)), np.zeros(1, np.int64), np.zeros(1), np.zeros((2, 3, 3)),
+                            np.zeros((2, 3)), np.zeros((1, 4), np.float32))
+
+
 @numba.njit(cache=True, nogil=True)
 def _interpolate_transforms(pts, idx, w, Rs, ts, out):  # pragma: no cover - compiled
     """out[n, :3] = lerp(Rs[k] p + ts[k], Rs[k+1] p + ts[k+1], w[n]) with k = idx[n] (float64 math)."""

@@ -105,10 +105,9 @@ class SirenStage:
         takes range / 343 m/s to arrive: at 60 m, closing at 30 m/s, the vehicle has moved metres since. Each
         box goes back along its velocity relative to the ego (over-ground velocity minus the ego speed along
         +x) by ``frame stamp - window centre + range / c``; the boxes keep their indices."""
-        est = self._estimate
-        if len(dets) == 0 or est is None:
+        if len(dets) == 0:
             return dets
-        window_mid_ns = est.stamp_ns + self._chunk_ns - int(DOA_WINDOW_S * 5e8)
+        window_mid_ns = self._estimate.stamp_ns + self._chunk_ns - int(DOA_WINDOW_S * 5e8)
         ego_speed = frame.speed[-1].speed_mps if frame.speed else 0.0
         xy = dets.boxes[:, :2].astype(np.float64)
         rel_v = dets.velocities.astype(np.float64) - np.array([ego_speed, 0.0])

@@ -77,11 +77,14 @@ class _GroundTruth:
 
     def frame_for(self, stamp_ns: int):
         """FrameBoxes of the ground truth nearest ``stamp_ns`` (re-stamped), or None (not seen yet)."""
-        from perception.evaluation.results import frame_from_ground_truth
-
         with self._lock:
             k = self._nearest(stamp_ns)
-            return None if k is None else replace(frame_from_ground_truth(self.pending[k]), stamp_ns=int(stamp_ns))
+            return None if k is None else self._restamped(k, stamp_ns)
+
+    def _restamped(self, k: int, stamp_ns: int):
+        from perception.evaluation.results import frame_from_ground_truth
+
+        return replace(frame_from_ground_truth(self.pending[k]), stamp_ns=int(stamp_ns))
 
     def _nearest(self, stamp_ns: int) -> int | None:
         if not self.pending:
@@ -90,7 +93,7 @@ class _GroundTruth:
         return k if abs(k - stamp_ns) <= GT_MATCH_NS else None
 
     def _drain(self) -> None:
-        from perception.evaluation.results import ResultsWriter, frame_from_ground_truth
+        from perception.evaluation.results import ResultsWriter
 
         while self.waiting:
             stamp = self.waiting[0]
@@ -102,7 +105,7 @@ class _GroundTruth:
                 return
             if self.writer is None:
                 self.writer = ResultsWriter(self.path)
-            self.writer.write(replace(frame_from_ground_truth(self.pending[k]), stamp_ns=stamp))
+            self.writer.write(self._restamped(k, stamp))
             self.frames += 1
             self.waiting.popleft()
 
@@ -242,8 +245,8 @@ def _summary(stats, latency, outputs, out: Path, config) -> str:
              f"(score >= {config.score_threshold}); siren events {outputs.sirens}; backend {config.backend}",
              *([f"the simulated rig rendered slower than real time: the clock waited {stats.source_lag_s:.1f} s "
                 f"for it (latency counts from when its data was ready)"] if stats.source_lag_s > 0 else []),
-             f"LiDAR pillar budget {outputs.pipeline.cfg.lidar_max_pillars}: full in {outputs.pipeline.pillar_overflows} "
-             f"frames (pillars beyond it dropped)",
+             f"LiDAR pillar budget {outputs.pipeline.cfg.lidar_max_pillars}: full in "
+             f"{outputs.pipeline.pillar_overflows} frames (pillars beyond it dropped)",
              "sync: " + ", ".join(f"{r.sensor_id} missing {r.missing} late {r.late}" for r in outputs.health.sensors
                                   if r.role != "unconfigured"),
              f"outputs in {out}/: detections.jsonl, latency.json, run.json, sync_health.json"

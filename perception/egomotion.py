@@ -87,7 +87,7 @@ class EgoPose:
 
     def odom_from_ego(self) -> Transform:
         # The rotation comes from a unit quaternion (_quat_to_matrix), proper by construction.
-        return Transform._proper("odom", "ego", self.rotation, self.translation)
+        return Transform.from_proper_rotation("odom", "ego", self.rotation, self.translation)
 
     @property
     def yaw(self) -> float:

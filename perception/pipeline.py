@@ -165,13 +165,11 @@ class Pipeline:
         """Run every stateless stage once on empty inputs (kernel dispatch, network first-run set-up), so the
         first real frame runs at steady-state speed instead of missing its deadline. Leaves no state behind:
         the frontend and the siren stage are not touched, and the next frame overwrites every buffer."""
-        from perception.align import _interpolate_transforms
+        from perception.align import warm_up_kernels
 
         c = self.cfg
         f = self._feeds
-        # the deskew kernel with the argument types deskew_sweep gives it (float64 points, int64 bins)
-        _interpolate_transforms(np.zeros((1, 3)), np.zeros(1, np.int64), np.zeros(1), np.zeros((2, 3, 3)),
-                                np.zeros((2, 3)), np.zeros((1, 4), np.float32))
+        warm_up_kernels()
         self._lidar_pillarizer(np.zeros((1, LIDAR_POINT_COLUMNS), np.float32))
         self._radar_pillarizer(np.zeros((1, RADAR_POINT_COLUMNS), np.float32))
         f["presence"][0] = 0.0
@@ -186,7 +184,8 @@ class Pipeline:
         self.pillar_overflows += 1
         if self.pillar_overflows == 1:
             log.warning("frame %d filled all %d LiDAR pillars; pillars beyond are dropped (raise lidar_max_pillars "
-                        "in the pipeline config); further such frames are counted", stamp_ns, self.cfg.lidar_max_pillars)
+                        "in the pipeline config); further such frames are counted", stamp_ns,
+                        self.cfg.lidar_max_pillars)
 
     @property
     def last_missing(self) -> frozenset[str]:
