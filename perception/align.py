@@ -28,7 +28,7 @@ import numpy as np
 
 from calibration.transform import Transform
 from drivers.messages import LidarSweep, RadarScan
-from perception.egomotion import EgoMotion
+from perception.egomotion import EgoMotion, warm_up_imu_step
 
 DESKEW_BINS = 64
 
@@ -66,16 +66,21 @@ def deskew_sweep(sweep: LidarSweep, ego_from_lidar: Transform, motion: EgoMotion
         ValueError: ``ego_from_lidar`` is not ego_from_<sweep.sensor_id>, or ``motion`` does not cover the
             sweep's time span.
     """
-    prep = _deskew_inputs(sweep, ego_from_lidar, motion, bins)
-    if prep is None:
-        return np.zeros((0, 4), np.float32)
-    pts, idx, w, Rs, ts = prep
-    result = np.empty((len(pts), 4), np.float32)
-    if len(Rs) == 1:
-        result[:, :3] = pts @ Rs[0].T + ts[0]
-    else:
-        _interpolate_transforms(pts, idx, w, Rs, ts, result)
-    result[:, 3] = sweep.points[:, 3]
+    _check_mount(ego_from_lidar, sweep.sensor_id, "deskew_sweep")
+    n = len(sweep)
+    result = np.empty((n, 4), np.float32)
+    if n == 0:
+        return result
+    tau = sweep.time_offset
+    lo, hi = float(tau.min()), float(tau.max())
+    offsets = np.array([lo]) if hi - lo < 1e-6 else np.linspace(lo, hi, bins)
+    Rs, ts = _motion_samples(motion, sweep.stamp_ns, offsets)
+    # One pass over the points: mount, bin, interpolation (the reference's float64 arithmetic, no temporaries).
+    # (Writeable C-contiguous copies of the small arrays: the kernel is compiled for that one signature.)
+    f64 = np.float64
+    _deskew_kernel(np.ascontiguousarray(sweep.points, np.float32), np.ascontiguousarray(tau, np.float32),
+                   np.array(ego_from_lidar.rotation, f64), np.array(ego_from_lidar.translation, f64), lo, hi,
+                   np.array(Rs, f64), np.array(ts, f64), result)
     return result
 
 
@@ -100,24 +105,64 @@ def _deskew_inputs(sweep: LidarSweep, ego_from_lidar: Transform, motion: EgoMoti
 
 
 def warm_up_kernels() -> None:
-    """Compile (or load from the cache) the deskew kernel with the argument types :func:`deskew_sweep`
-    gives it, so the first sweep of a run does not pay for it."""
-    _interpolate_transforms(np.zeros((1, 3)), np.zeros(1, np.int64), np.zeros(1), np.zeros((2, 3, 3)),
-                            np.zeros((2, 3)), np.zeros((1, 4), np.float32))
+    """Compile (or load from the cache) the deskew and accumulation kernels with the argument types
+    :func:`deskew_sweep` and :class:`SweepAccumulator` give them, and the ego-motion IMU step, so the first
+    frame of a run does not pay."""
+    warm_up_imu_step()
+    _deskew_kernel(np.zeros((1, 4), np.float32), np.zeros(1, np.float32), np.eye(3), np.zeros(3), 0.0, 1.0,
+                   np.zeros((2, 3, 3)), np.zeros((2, 3)), np.zeros((1, 4), np.float32))
+    _move_sweep_kernel(np.zeros((1, 4), np.float32), np.eye(3, dtype=np.float32), np.zeros(3, np.float32),
+                       np.float32(0.0), np.zeros((1, 5), np.float32), 0, True)
 
 
 @numba.njit(cache=True, nogil=True)
-def _interpolate_transforms(pts, idx, w, Rs, ts, out):  # pragma: no cover - compiled
-    """out[n, :3] = lerp(Rs[k] p + ts[k], Rs[k+1] p + ts[k+1], w[n]) with k = idx[n] (float64 math)."""
-    for n in range(pts.shape[0]):
-        k = idx[n]
-        wb = w[n]
-        wa = 1.0 - wb
-        for r in range(3):
-            a = Rs[k, r, 0] * pts[n, 0] + Rs[k, r, 1] * pts[n, 1] + Rs[k, r, 2] * pts[n, 2] + ts[k, r]
-            b = (Rs[k + 1, r, 0] * pts[n, 0] + Rs[k + 1, r, 1] * pts[n, 1] + Rs[k + 1, r, 2] * pts[n, 2]
-                 + ts[k + 1, r])
-            out[n, r] = a * wa + b * wb
+def _deskew_kernel(points, tau, R_mount, t_mount, lo, hi, Rs, ts, out):  # pragma: no cover - compiled
+    """:func:`deskew_sweep` per point, in float64 as the reference: p = mount(points[n, :3]); bin
+    f = (tau - lo) / (hi - lo) * (K - 1), k = min(floor f, K - 2); out = lerp(Rs[k] p + ts[k],
+    Rs[k+1] p + ts[k+1], f - k); with one sample (K = 1) out = Rs[0] p + ts[0]. out[n, 3] = intensity."""
+    k_bins = Rs.shape[0]
+    span = hi - lo
+    for n in range(points.shape[0]):
+        x = np.float64(points[n, 0])
+        y = np.float64(points[n, 1])
+        z = np.float64(points[n, 2])
+        px = R_mount[0, 0] * x + R_mount[0, 1] * y + R_mount[0, 2] * z + t_mount[0]
+        py = R_mount[1, 0] * x + R_mount[1, 1] * y + R_mount[1, 2] * z + t_mount[1]
+        pz = R_mount[2, 0] * x + R_mount[2, 1] * y + R_mount[2, 2] * z + t_mount[2]
+        if k_bins == 1:
+            for r in range(3):
+                out[n, r] = Rs[0, r, 0] * px + Rs[0, r, 1] * py + Rs[0, r, 2] * pz + ts[0, r]
+        else:
+            f = (np.float64(tau[n]) - lo) / span * (k_bins - 1)
+            k = min(int(f), k_bins - 2)
+            wb = f - k
+            wa = 1.0 - wb
+            for r in range(3):
+                a = Rs[k, r, 0] * px + Rs[k, r, 1] * py + Rs[k, r, 2] * pz + ts[k, r]
+                b = Rs[k + 1, r, 0] * px + Rs[k + 1, r, 1] * py + Rs[k + 1, r, 2] * pz + ts[k + 1, r]
+                out[n, r] = a * wa + b * wb
+        out[n, 3] = points[n, 3]
+
+
+@numba.njit(cache=True, nogil=True)
+def _move_sweep_kernel(points, R, t, lag, out, start, move):  # pragma: no cover - compiled
+    """out[start + n] = (R @ points[n, :3] + t if move else points[n, :3], intensity, lag), float32 (one
+    accumulated sweep)."""
+    for n in range(points.shape[0]):
+        x = points[n, 0]
+        y = points[n, 1]
+        z = points[n, 2]
+        o = start + n
+        if move:
+            out[o, 0] = R[0, 0] * x + R[0, 1] * y + R[0, 2] * z + t[0]
+            out[o, 1] = R[1, 0] * x + R[1, 1] * y + R[1, 2] * z + t[1]
+            out[o, 2] = R[2, 0] * x + R[2, 1] * y + R[2, 2] * z + t[2]
+        else:
+            out[o, 0] = x
+            out[o, 1] = y
+            out[o, 2] = z
+        out[o, 3] = points[n, 3]
+        out[o, 4] = lag
 
 
 def deskew_sweep_reference(sweep: LidarSweep, ego_from_lidar: Transform, motion: EgoMotion,
@@ -175,7 +220,7 @@ class SweepAccumulator:
         output of :func:`deskew_sweep`). The oldest sweep beyond ``n_sweeps`` is forgotten."""
         if deskewed.ndim != 2 or deskewed.shape[1] != 4:
             raise ValueError(f"SweepAccumulator.add: expected (N, 4) points, got shape {deskewed.shape}")
-        self._sweeps.append(_StoredSweep(int(stamp_ns), deskewed))
+        self._sweeps.append(_StoredSweep(int(stamp_ns), np.ascontiguousarray(deskewed, dtype=np.float32)))
 
     def accumulate(self, stamp_ns: int, motion: EgoMotion) -> np.ndarray:
         """The stored sweeps taken at or before ``stamp_ns`` and at most ``max_age_s`` earlier, oldest first.
@@ -187,23 +232,25 @@ class SweepAccumulator:
         Raises:
             ValueError: ``motion`` does not cover a stored sweep's stamp.
         """
-        parts = []
-        for s in sorted(self._sweeps, key=lambda s: s.stamp_ns):
+        use = [s for s in sorted(self._sweeps, key=lambda s: s.stamp_ns) if 0 <= stamp_ns - s.stamp_ns <= self.max_age_ns]
+        # Every transform first (a sweep the motion does not cover raises before anything is written), then
+        # one kernel pass per sweep straight into the output: float32 is exact to well under a millimetre
+        # at LiDAR ranges.
+        moves = []
+        for s in use:
             lag_ns = stamp_ns - s.stamp_ns
-            if lag_ns < 0 or lag_ns > self.max_age_ns:
-                continue
-            part = np.empty((len(s.points), 5), np.float32)
             if lag_ns == 0:
-                part[:, :3] = s.points[:, :3]
+                R, t = np.eye(3, dtype=np.float32), np.zeros(3, np.float32)
             else:
-                # float32 is exact to well under a millimetre at LiDAR ranges; one BLAS matmul per sweep.
                 T = motion.ego_from_ego(stamp_ns, s.stamp_ns)
-                np.matmul(s.points[:, :3], T.rotation.T.astype(np.float32), out=part[:, :3])
-                part[:, :3] += T.translation.astype(np.float32)
-            part[:, 3] = s.points[:, 3]
-            part[:, 4] = lag_ns * 1e-9
-            parts.append(part)
-        return np.concatenate(parts) if parts else np.zeros((0, 5), np.float32)
+                R, t = T.rotation.astype(np.float32), T.translation.astype(np.float32)
+            moves.append((R, t, np.float32(lag_ns * 1e-9)))
+        out = np.empty((sum(len(s.points) for s in use), 5), np.float32)
+        start = 0
+        for s, (R, t, lag) in zip(use, moves):
+            _move_sweep_kernel(s.points, R, t, lag, out, start, lag > 0)
+            start += len(s.points)
+        return out
 
 
 @dataclass(frozen=True)

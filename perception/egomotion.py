@@ -15,6 +15,7 @@ from __future__ import annotations
 from collections import deque
 from dataclasses import dataclass
 
+import numba
 import numpy as np
 
 from calibration.transform import Transform
@@ -23,38 +24,63 @@ from drivers.messages import ImuSample, RadarScan, VehicleSpeed
 GRAVITY = 9.80665
 
 
-def _quat_mul(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """Hamilton product of wxyz quaternions."""
-    aw, ax, ay, az = a
-    bw, bx, by, bz = b
-    return np.array([
-        aw * bw - ax * bx - ay * by - az * bz,
-        aw * bx + ax * bw + ay * bz - az * by,
-        aw * by - ax * bz + ay * bw + az * bx,
-        aw * bz + ax * by - ay * bx + az * bw,
-    ])
+@numba.njit(cache=True, nogil=True)
+def _imu_step(q, p, speed, omega, dt, integrate):  # pragma: no cover - compiled
+    """One IMU sample of :meth:`EgoMotion.add_imu`: position advanced along ego +x at ``speed`` for ``dt``,
+    orientation q * exp(omega dt) renormalised (compiled: small-array numpy costs more per sample than a
+    200-400 Hz IMU allows). Returns (q, p, R): the new unit quaternion wxyz, position, rotation matrix of q."""
+    if integrate:
+        R = _matrix_of(q)
+        p = p + R[:, 0] * (speed * dt)
+        e = _quat_of_rotvec(omega * dt)
+        aw, ax, ay, az = q[0], q[1], q[2], q[3]
+        bw, bx, by, bz = e[0], e[1], e[2], e[3]
+        q = np.array([aw * bw - ax * bx - ay * by - az * bz,
+                      aw * bx + ax * bw + ay * bz - az * by,
+                      aw * by - ax * bz + ay * bw + az * bx,
+                      aw * bz + ax * by - ay * bx + az * bw])
+        q = q / np.sqrt(q[0] * q[0] + q[1] * q[1] + q[2] * q[2] + q[3] * q[3])
+    return q, p, _matrix_of(q)
 
 
-def _quat_exp(rotvec: np.ndarray) -> np.ndarray:
+@numba.njit(cache=True, nogil=True)
+def _quat_of_rotvec(rv):  # pragma: no cover - compiled
     """Rotation vector [rad] -> unit quaternion wxyz."""
-    angle = float(np.linalg.norm(rotvec))
+    angle = np.sqrt(rv[0] * rv[0] + rv[1] * rv[1] + rv[2] * rv[2])
+    e = np.empty(4)
     if angle < 1e-12:
-        return np.array([1.0, *(0.5 * rotvec)])
-    axis = rotvec / angle
-    return np.array([np.cos(angle / 2), *(np.sin(angle / 2) * axis)])
+        e[0] = 1.0
+        e[1:] = 0.5 * rv
+    else:
+        e[0] = np.cos(angle / 2)
+        e[1:] = np.sin(angle / 2) * (rv / angle)
+    return e
 
 
-def _quat_to_matrix(q: np.ndarray) -> np.ndarray:
-    w, x, y, z = q / np.linalg.norm(q)
-    return np.array([
-        [1 - 2 * (y * y + z * z), 2 * (x * y - w * z), 2 * (x * z + w * y)],
-        [2 * (x * y + w * z), 1 - 2 * (x * x + z * z), 2 * (y * z - w * x)],
-        [2 * (x * z - w * y), 2 * (y * z + w * x), 1 - 2 * (x * x + y * y)],
-    ])
+@numba.njit(cache=True, nogil=True)
+def _rotvec_matrix(rv):  # pragma: no cover - compiled
+    """Rotation vector [rad] -> (3, 3) rotation matrix."""
+    return _matrix_of(_quat_of_rotvec(rv))
+
+
+@numba.njit(cache=True, nogil=True)
+def _matrix_of(q):  # pragma: no cover - compiled
+    """Quaternion wxyz (normalised here) -> (3, 3) rotation matrix."""
+    n = np.sqrt(q[0] * q[0] + q[1] * q[1] + q[2] * q[2] + q[3] * q[3])
+    w, x, y, z = q[0] / n, q[1] / n, q[2] / n, q[3] / n
+    return np.array([[1 - 2 * (y * y + z * z), 2 * (x * y - w * z), 2 * (x * z + w * y)],
+                     [2 * (x * y + w * z), 1 - 2 * (x * x + z * z), 2 * (y * z - w * x)],
+                     [2 * (x * z - w * y), 2 * (y * z + w * x), 1 - 2 * (x * x + y * y)]])
+
+
+def warm_up_imu_step() -> None:
+    """Compile (or load from the cache) the IMU integration step, so the first sample does not pay."""
+    _imu_step(np.array([1.0, 0.0, 0.0, 0.0]), np.zeros(3), 0.0, np.zeros(3), 0.0, True)
+    _rotvec_matrix(np.zeros(3))
 
 
 def _rotvec_to_matrix_batch(rv: np.ndarray) -> np.ndarray:
-    """(K, 3) rotation vectors [rad] -> (K, 3, 3) rotation matrices (the same rotation as _quat_exp)."""
+    """(K, 3) rotation vectors [rad] -> (K, 3, 3) rotation matrices (the same rotation as _rotvec_matrix)."""
     q = np.empty((len(rv), 4))
     angle = np.linalg.norm(rv, axis=1)
     small = angle < 1e-12
@@ -86,7 +112,7 @@ class EgoPose:
     angular_velocity: np.ndarray
 
     def odom_from_ego(self) -> Transform:
-        # The rotation comes from a unit quaternion (_quat_to_matrix), proper by construction.
+        # The rotation comes from a unit quaternion (_matrix_of), proper by construction.
         return Transform.from_proper_rotation("odom", "ego", self.rotation, self.translation)
 
     @property
@@ -151,16 +177,15 @@ class EgoMotion:
         gyro = np.asarray(msg.angular_velocity, dtype=np.float64)
         self._update_bias(t, gyro, np.asarray(msg.linear_acceleration, dtype=np.float64))
         omega_ego = self._R_ei @ (gyro - self.gyro_bias)
+        dt = 0.0
         if self._last_t is not None:
             dt = (t - self._last_t) * 1e-9
             if dt > 0.5:  # a gap: do not integrate across it blindly
                 dt = 0.0
-            R = _quat_to_matrix(self._q)
-            self._p = self._p + R @ np.array([self._speed * dt, 0.0, 0.0])
-            self._q = _quat_mul(self._q, _quat_exp(omega_ego * dt))
-            self._q /= np.linalg.norm(self._q)
+        self._q, self._p, R = _imu_step(self._q, self._p, float(self._speed), omega_ego, dt,
+                                        self._last_t is not None)
         self._last_t = t
-        self._poses.append(EgoPose(t, _quat_to_matrix(self._q), self._p.copy(), self._speed, omega_ego))
+        self._poses.append(EgoPose(t, R, self._p.copy(), self._speed, omega_ego))
         while self._poses and t - self._poses[0].stamp_ns > self.history_ns:
             self._poses.popleft()
         self._stamps = None
@@ -206,7 +231,7 @@ class EgoMotion:
             raise ValueError(f"t={t_ns} outside pose history [{first.stamp_ns}, {last.stamp_ns}]")
         if t_ns >= last.stamp_ns:
             dt = (t_ns - last.stamp_ns) * 1e-9
-            R = last.rotation @ _quat_to_matrix(_quat_exp(last.angular_velocity * dt))
+            R = last.rotation @ _rotvec_matrix(last.angular_velocity * dt)
             p = last.translation + last.rotation @ np.array([last.speed * dt, 0.0, 0.0])
             return EgoPose(t_ns, R, p, last.speed, last.angular_velocity)
         stamps = self._pose_stamps()
@@ -216,7 +241,7 @@ class EgoMotion:
             return a
         w = (t_ns - a.stamp_ns) / (b.stamp_ns - a.stamp_ns)
         dt = (t_ns - a.stamp_ns) * 1e-9
-        R = a.rotation @ _quat_to_matrix(_quat_exp(b.angular_velocity * dt))
+        R = a.rotation @ _rotvec_matrix(b.angular_velocity * dt)
         p = a.translation * (1 - w) + b.translation * w
         return EgoPose(t_ns, R, p, a.speed * (1 - w) + b.speed * w, b.angular_velocity)
 

@@ -13,9 +13,12 @@ Grid convention (:class:`perception.bev.BevGrid`): linear cell index ``iy * nx +
 z slab is 0. Written as ``q >= 0 and q < n`` on the float quotient, so NaN and inf coordinates are dropped.
 
 Speed notes:
-- Pillarization is two passes over the points: pass 1 finds each point's cell, pillar (through a per-cell
-  lookup table that is reset only at the touched cells) and slot; a counting sort by pillar then lets
-  pass 2 write the output front to back, each kept row once, with the pillar mean summed in float64.
+- Pillarization is one pass over the points and one over the pillars. The point pass works in blocks of
+  ``PILLAR_BLOCK``: x y z are copied out of the rows so the cell of every point is found in a branch-free,
+  vectorised loop; then each point gets its slot from a per-cell count and its pillar (numbered by first
+  appearance) from a per-cell table, both reset only at the touched cells, and a kept point's row is
+  copied straight to its slot. The pillar pass sums each pillar's mean in float64 from the rows it holds (in point order) and
+  writes the decorations.
   A fixed (P, M, C+5) output is mostly empty (most pillars hold far fewer than M points), so clearing it
   would dominate: spconv's PointToVoxel clears its whole buffer on every call. :class:`Pillarizer` owns
   its output buffers and, knowing what its previous call wrote, clears only the rows that call filled and
@@ -69,83 +72,100 @@ def _check_pillar_buffers(where: str, points: np.ndarray, grid: BevGrid, out_fea
                              f"{getattr(arr, 'shape', None)} {getattr(arr, 'dtype', None)}")
 
 
+PILLAR_BLOCK = 1024  # points per block of the pillarizer's first pass
+
+
 @nb.njit(nogil=True, cache=True)
 def _pillarize_kernel(points, x_min, y_min, z_min, cell, z_size, nx, ny, cx, cy,
-                      out_features, out_index, out_npoints,
-                      cell_to_pillar, point_pillar, point_slot, starts, order, dirty):
+                      out_features, out_index, out_npoints, cell_to_pillar, cell_count, dirty, bx, by, bz, bc,
+                      prev_filled):
     """Fill the outputs; return the pillar count.
 
-    Scratch: cell_to_pillar (n_cells,) int32 must be all -1 on entry and is all -1 again on exit (only the
-    touched cells are reset); point_pillar, point_slot, order (>= N,) int32 and starts (P,) int32 are
-    overwritten; dirty (P,) int32 holds, per pillar, how many leading rows of out_features may be non-zero
-    on entry, and holds the same for the new contents on exit.
+    Scratch: cell_to_pillar (n_cells,) int32 must be all -1 and cell_count (n_cells,) int32 all 0 on entry;
+    both are so again on exit (only the touched cells are reset); bx, by, bz (PILLAR_BLOCK,) float32 and bc (PILLAR_BLOCK,) int32 are overwritten;
+    dirty (P,) int32 holds, per pillar, how many leading rows of out_features may be non-zero on entry, and
+    holds the same for the new contents on exit. Pillars from max(count, prev_filled) on are left as they
+    are: the caller knows they are already empty (out_index n_cells, out_npoints 0, dirty 0).
     """
     n_points, n_cols = points.shape
     max_pillars, max_points = out_features.shape[0], out_features.shape[1]
     n_cells = nx * ny
+    # float32 bounds keep the comparisons in float32 (exact: nx, ny and 1 are representable), so the
+    # cell loop vectorises; the result is the same as comparing against the integers.
+    fnx = np.float32(nx)
+    fny = np.float32(ny)
+    zero = np.float32(0.0)
+    one = np.float32(1.0)
+    inx = np.int32(nx)
     n = 0
-    # Pass 1: cell, pillar (numbered by first appearance) and slot of every point.
-    for i in range(n_points):
-        qx = (points[i, 0] - x_min) / cell
-        qy = (points[i, 1] - y_min) / cell
-        qz = (points[i, 2] - z_min) / z_size
-        point_pillar[i] = -1
-        if not (qx >= 0 and qx < nx and qy >= 0 and qy < ny and qz >= 0 and qz < 1):
-            continue
-        c = int(qy) * nx + int(qx)
-        p = cell_to_pillar[c]
-        if p < 0:
-            if n >= max_pillars:
+    # Pass 1, block by block: x y z copied out of the (N, C) rows, the cell of every point in one
+    # branch-free loop, then pillars numbered by first appearance and each kept point's row copied to its
+    # slot (slot order is point order).
+    for b0 in range(0, n_points, bx.shape[0]):
+        m = min(bx.shape[0], n_points - b0)
+        for j in range(m):
+            bx[j] = points[b0 + j, 0]
+            by[j] = points[b0 + j, 1]
+            bz[j] = points[b0 + j, 2]
+        for j in range(m):
+            qx = (bx[j] - x_min) / cell
+            qy = (by[j] - y_min) / cell
+            qz = (bz[j] - z_min) / z_size
+            ok = (qx >= zero) & (qx < fnx) & (qy >= zero) & (qy < fny) & (qz >= zero) & (qz < one)
+            bc[j] = np.int32(qy) * inx + np.int32(qx) if ok else np.int32(-1)
+        for j in range(m):
+            c = bc[j]
+            if c < 0:
                 continue
-            p = n
-            n += 1
-            cell_to_pillar[c] = p
-            out_index[p] = c
-            out_npoints[p] = 0
-        k = out_npoints[p]
-        kept = k < max_points
-        out_npoints[p] = k + 1 if kept else k
-        point_pillar[i] = p if kept else -1
-        point_slot[i] = k
-    # Counting sort of the kept points by pillar, so the output is written front to back.
-    s = 0
-    for p in range(n):
-        starts[p] = s
-        s += out_npoints[p]
-        cell_to_pillar[out_index[p]] = -1
-    for i in range(n_points):
-        p = point_pillar[i]
-        if p >= 0:
-            order[starts[p] + point_slot[i]] = i
-    # Pass 2, per pillar: float64 mean of the kept points (in point order), then each row written once;
-    # rows an earlier fill left beyond the new count are cleared.
+            # The count is looked up by cell, not through the pillar, so a point that its full pillar drops
+            # (most of them at small M) costs one load and one compare.
+            k = cell_count[c]
+            if k < max_points:
+                if k == 0:
+                    if n >= max_pillars:
+                        continue
+                    cell_to_pillar[c] = n
+                    out_index[n] = c
+                    n += 1
+                p = cell_to_pillar[c]
+                cell_count[c] = k + 1
+                i = b0 + j
+                if n_cols == 5:  # LiDAR rows, unrolled: a third faster than the loop
+                    out_features[p, k, 0] = points[i, 0]
+                    out_features[p, k, 1] = points[i, 1]
+                    out_features[p, k, 2] = points[i, 2]
+                    out_features[p, k, 3] = points[i, 3]
+                    out_features[p, k, 4] = points[i, 4]
+                else:
+                    for q in range(n_cols):
+                        out_features[p, k, q] = points[i, q]
+    # Pass 2, per pillar: float64 mean of the kept points (in point order, read back from the rows), the
+    # five decorations; rows an earlier fill left beyond the new count are cleared.
     n_out = out_features.shape[2]
-    for p in range(max_pillars):
+    for p in range(min(max_pillars, max(n, prev_filled))):
         cnt = 0
         if p < n:
-            st = starts[p]
-            cnt = out_npoints[p]
+            c = out_index[p]
+            cell_to_pillar[c] = -1
+            cnt = cell_count[c]
+            cell_count[c] = 0
+            out_npoints[p] = cnt
             sx = 0.0
             sy = 0.0
             sz = 0.0
             for k in range(cnt):
-                i = order[st + k]
-                sx += points[i, 0]
-                sy += points[i, 1]
-                sz += points[i, 2]
+                sx += out_features[p, k, 0]
+                sy += out_features[p, k, 1]
+                sz += out_features[p, k, 2]
             mx = np.float32(sx / cnt)
             my = np.float32(sy / cnt)
             mz = np.float32(sz / cnt)
-            c = out_index[p]
             ccx = cx[c % nx]
             ccy = cy[c // nx]
             for k in range(cnt):
-                i = order[st + k]
-                x = points[i, 0]
-                y = points[i, 1]
-                z = points[i, 2]
-                for j in range(n_cols):
-                    out_features[p, k, j] = points[i, j]
+                x = out_features[p, k, 0]
+                y = out_features[p, k, 1]
+                z = out_features[p, k, 2]
                 out_features[p, k, n_cols] = x - mx
                 out_features[p, k, n_cols + 1] = y - my
                 out_features[p, k, n_cols + 2] = z - mz
@@ -159,6 +179,11 @@ def _pillarize_kernel(points, x_min, y_min, z_min, cell, z_size, nx, ny, cx, cy,
                 out_features[p, k, j] = 0.0
         dirty[p] = cnt
     return n
+
+
+def _block_scratch() -> tuple[np.ndarray, ...]:
+    return (np.empty(PILLAR_BLOCK, np.float32), np.empty(PILLAR_BLOCK, np.float32),
+            np.empty(PILLAR_BLOCK, np.float32), np.empty(PILLAR_BLOCK, np.int32))
 
 
 class Pillarizer:
@@ -187,22 +212,26 @@ class Pillarizer:
         self.npoints = np.zeros(max_pillars, np.int32)
         self._consts = _grid_scalars(grid)
         self._cell_to_pillar = np.full(grid.n_cells, -1, np.int32)
-        self._starts = np.zeros(max_pillars, np.int32)
+        self._cell_count = np.zeros(grid.n_cells, np.int32)
         self._dirty = np.zeros(max_pillars, np.int32)
-        self._point_scratch = np.zeros((3, 0), np.int32)  # point_pillar, point_slot, order; grows
+        self._block = _block_scratch()
+        self._filled = max_pillars  # pillars the previous call may have filled (all, before the first call)
 
     def __call__(self, points: np.ndarray) -> int:
         """Pillarize ``points`` ((N, C) float32, x y z [m] ego frame then C-3 features) into ``features``,
         ``index``, ``npoints``; returns the number of pillars filled (see :func:`pillarize`)."""
-        if isinstance(points, np.ndarray) and points.ndim == 2 and points.shape[1] != self.n_features:
-            raise ValueError(f"Pillarizer: built for {self.n_features}-column points, got {points.shape[1]} columns")
-        _check_pillar_buffers("Pillarizer", points, self.grid, self.features, self.index, self.npoints)
-        points = np.ascontiguousarray(points)
-        if len(points) > self._point_scratch.shape[1]:
-            self._point_scratch = np.empty((3, max(len(points), 2 * self._point_scratch.shape[1], 1024)), np.int32)
-        pp, ps, order = self._point_scratch
-        return int(_pillarize_kernel(points, *self._consts, self.features, self.index, self.npoints,
-                                     self._cell_to_pillar, pp, ps, self._starts, order, self._dirty))
+        # Only the points need checking: the buffers are this object's own.
+        if (not isinstance(points, np.ndarray) or points.ndim != 2 or points.dtype != np.float32
+                or points.shape[1] != self.n_features):
+            raise ValueError(f"Pillarizer: built for {self.n_features}-column points: points must be "
+                             f"(N, {self.n_features}) float32, got "
+                             f"{getattr(points, 'shape', None)} {getattr(points, 'dtype', type(points).__name__)}")
+        if not points.flags.c_contiguous:
+            points = np.ascontiguousarray(points)
+        n = int(_pillarize_kernel(points, *self._consts, self.features, self.index, self.npoints,
+                                  self._cell_to_pillar, self._cell_count, self._dirty, *self._block, self._filled))
+        self._filled = n
+        return n
 
 
 def pillarize(points: np.ndarray, grid: BevGrid, out_features: np.ndarray, out_index: np.ndarray,
@@ -231,11 +260,9 @@ def pillarize(points: np.ndarray, grid: BevGrid, out_features: np.ndarray, out_i
     _check_pillar_buffers("pillarize", points, grid, out_features, out_index, out_npoints)
     points = np.ascontiguousarray(points)
     p, m = out_features.shape[:2]
-    n = len(points)
-    pp, ps, order = np.empty((3, n), np.int32)
     return int(_pillarize_kernel(points, *_grid_scalars(grid), out_features, out_index, out_npoints,
-                                 np.full(grid.n_cells, -1, np.int32), pp, ps, np.empty(p, np.int32), order,
-                                 np.full(p, m, np.int32)))
+                                 np.full(grid.n_cells, -1, np.int32), np.zeros(grid.n_cells, np.int32),
+                                 np.full(p, m, np.int32), *_block_scratch(), p))
 
 
 def pillarize_reference(points: np.ndarray, grid: BevGrid, out_features: np.ndarray, out_index: np.ndarray,

@@ -54,6 +54,8 @@ class TrainConfig:
         lidar_channels, bev_channels, lidar_max_pillars: network sizes (``NetworkConfig``): the BEV
             backbone's cost grows with bev_channels squared, so they size the model to the frame budget.
         velocity_weight: L1 weight of the vx, vy regression (the other box terms weigh 1).
+        init_from: checkpoint whose weights start the run (same network sizes), e.g. the LiDAR-only
+            baseline, so the fused model starts from a trained LiDAR path; None starts from random weights.
     """
 
     name: str = "fusion"
@@ -79,6 +81,7 @@ class TrainConfig:
     bev_channels: int = 48
     lidar_max_pillars: int = 12000
     velocity_weight: float = 0.2
+    init_from: str | None = None
 
     def __post_init__(self) -> None:
         bad = set(self.modalities) - set(MODALITIES)
@@ -384,6 +387,21 @@ def detector_from_checkpoint(path: str | Path, rig=None, lidar_max_pillars: int 
     return det, net_cfg, ck
 
 
+def _init_weights(det: Detector, net_cfg, path: str | Path) -> None:
+    """Start ``det`` from the weights of another run's checkpoint made with the same network sizes."""
+    p = Path(path)
+    if not p.is_file():
+        raise FileNotFoundError(f"init_from: {p} does not exist; train that run first")
+    ck = load_checkpoint_file(p)
+    theirs = json.loads(ck["network_config"])
+    mine = json.loads(json.dumps(net_cfg.to_dict()))
+    if theirs != mine:
+        diff = sorted(k for k in set(theirs) | set(mine) if theirs.get(k) != mine.get(k))
+        raise ValueError(f"init_from: {p} has other network sizes ({', '.join(diff)})")
+    det.load_state_dict(ck["model"])
+    log.info("starting from the weights of %s (step %s)", p, ck.get("step"))
+
+
 def cell_index_for(net_cfg, rig=None) -> np.ndarray:
     """The frustum -> BEV cell geometry of the frontend's cameras on ``rig`` (default rig when None)."""
     from drivers.sim import default_rig
@@ -434,6 +452,8 @@ def train(cfg: TrainConfig, out_dir: str | Path, progress: bool = True) -> Path:
         torch.set_rng_state(ck["torch_rng"])
         step, elapsed, history = int(ck["step"]), float(ck["elapsed_s"]), json.loads(ck["history"])
         log.info("resuming %s at step %d", last, step)
+    elif cfg.init_from is not None:
+        _init_weights(det, net_cfg, cfg.init_from)
 
     def save(path: Path, final: bool) -> None:
         ck = {"network_config": json.dumps(net_cfg.to_dict(), sort_keys=True),

@@ -262,9 +262,17 @@ def test_siren_with_no_vehicle_in_its_direction_is_bearing_only():
 
 
 def test_two_vehicles_on_one_bearing_prefer_the_higher_score_then_the_nearer():
-    dets = frame([(20.0, 0.3), (40.0, 0.0), (60.0, 0.5)], ["car", "car", "truck"], [0.5, 0.8, 0.8])
+    # 0.14, 0.0 and 0.1 degrees: one bearing for the array
+    dets = frame([(20.0, 0.05), (40.0, 0.0), (60.0, 0.1)], ["car", "car", "truck"], [0.5, 0.8, 0.8])
     out = associate_sirens(dets, 1, 0.9, 0.0, 0.5, math.radians(10.0))
     assert out.siren.tolist() == [False, True, False]  # 0.8 beats 0.5; 40 m beats 60 m at equal score
+
+
+def test_the_nearest_bearing_beats_a_higher_score_a_degree_away():
+    # The next car in the lane, 1 degree off the siren's bearing and more confident, does not take it.
+    dets = frame([(30.0, 0.0), (25.0, 0.45)], ["car", "car"], [0.5, 0.9])
+    out = associate_sirens(dets, 1, 0.9, math.radians(0.1), 0.5, math.radians(10.0))
+    assert out.siren.tolist() == [True, False]
 
 
 def test_a_siren_below_threshold_changes_nothing_and_bad_bearings_are_refused():
