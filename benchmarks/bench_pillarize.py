@@ -16,7 +16,7 @@ median / the row's median. The voxel set
 (pillar count, cell of every pillar, point counts and the raw point rows) is checked to be identical to
 spconv's in the same run. torch runs with one thread, like our kernels.
 
-    .venv/bin/python benchmarks/bench_pillarize.py [--runs 9] [--points 120000] [--seed 4] [--t 5.0]
+    .venv/bin/python benchmarks/bench_pillarize.py [--runs 31] [--points 120000] [--seed 4] [--t 5.0]
 """
 
 from __future__ import annotations
@@ -81,7 +81,7 @@ def occupancy(points: np.ndarray, grid: BevGrid, p: int, m: int) -> tuple[int, i
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--runs", type=int, default=9)
+    ap.add_argument("--runs", type=int, default=31)
     ap.add_argument("--points", type=int, default=120_000)
     ap.add_argument("--seed", type=int, default=4)
     ap.add_argument("--t", type=float, default=5.0, help="drive time of the newest sweep [s]")

@@ -49,3 +49,20 @@ def test_a_different_config_in_the_same_run_folder_is_refused(tmp_path):
     train(cfg, tmp_path / "run", progress=False)
     with pytest.raises(ValueError, match="different training config"):
         train(dataclasses.replace(cfg, lr=1e-3), tmp_path / "run", progress=False)
+
+
+def test_a_run_can_start_from_another_runs_weights_of_the_same_sizes(tmp_path):
+    import pytest
+
+    base = _tiny(tmp_path)
+    first = load_checkpoint_file(train(base, tmp_path / "base", progress=False))
+    # Zero steps: the new run's weights are exactly the ones it started from.
+    warm = dataclasses.replace(base, name="warm", steps=0, init_from=str(tmp_path / "base" / "model.pt"))
+    start = load_checkpoint_file(train(warm, tmp_path / "warm", progress=False))
+    for part in ("camera", "bev"):
+        for name, tensor in first["model"][part].items():
+            assert torch.equal(tensor, start["model"][part][name]), f"{part}.{name} not taken over"
+    with pytest.raises(ValueError, match="other network sizes \\(bev_channels\\)"):
+        train(dataclasses.replace(warm, bev_channels=16), tmp_path / "other", progress=False)
+    with pytest.raises(FileNotFoundError, match="train that run first"):
+        train(dataclasses.replace(warm, init_from=str(tmp_path / "missing.pt")), tmp_path / "none", progress=False)
