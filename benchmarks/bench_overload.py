@@ -34,22 +34,22 @@ def rss_mb() -> float:
         return int(f.read().split()[1]) * 4096 / 1e6
 
 
-def looped(reader, loops: int):
+def looped(reader, loops: int, image_reduction: int = 1):
     """The recording's messages ``loops`` times, each pass shifted by the drive's span plus 0.1 s."""
     first = last = None
-    for m in reader.messages():
+    for m in reader.messages(image_reduction=image_reduction):
         first = m.stamp_ns if first is None else first
         last = m.stamp_ns
     span = last - first + 100_000_000
     for k in range(loops):
-        for m in reader.messages():
+        for m in reader.messages(image_reduction=image_reduction):
             yield m if k == 0 else dataclasses.replace(m, stamp_ns=m.stamp_ns + k * span)
 
 
 def run(recording: Path, speed: float, loops: int, out: Path) -> dict:
     from drivers.recording import RecordingReader
     from perception.cli_replay import run_pipeline
-    from perception.pipeline import PipelineConfig
+    from perception.pipeline import PipelineConfig, image_reduction_for
 
     logging.getLogger("perception").setLevel(logging.ERROR)
     cfg = PipelineConfig.load(ROOT / "configs" / "pipeline_default.yaml")
@@ -65,7 +65,8 @@ def run(recording: Path, speed: float, loops: int, out: Path) -> dict:
     sampler = threading.Thread(target=sample, daemon=True)
     sampler.start()
     t0 = time.perf_counter()
-    stats, latency, _, _ = run_pipeline(looped(reader, loops), reader.rig, cfg, out, realtime=True, speed=speed,
+    messages = looped(reader, loops, image_reduction_for(cfg, reader.rig))  # decoded as perception replay does
+    stats, latency, _, _ = run_pipeline(messages, reader.rig, cfg, out, realtime=True, speed=speed,
                                         quiet=True, source_name=str(recording))
     wall = time.perf_counter() - t0
     done.set()

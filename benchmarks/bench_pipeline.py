@@ -37,12 +37,13 @@ def replay(recording: Path, backend: str, realtime: bool, out: Path):
 
     from drivers.recording import RecordingReader
     from perception.cli_replay import run_pipeline
-    from perception.pipeline import PipelineConfig
+    from perception.pipeline import PipelineConfig, image_reduction_for
 
     logging.getLogger("perception").setLevel(logging.ERROR)
     cfg = dataclasses.replace(PipelineConfig.load(ROOT / "configs" / "pipeline_default.yaml"), backend=backend)
     reader = RecordingReader(recording)
-    stats, latency, outputs, pipeline = run_pipeline(reader.messages(), reader.rig, cfg, out, recording=None,
+    messages = reader.messages(image_reduction=image_reduction_for(cfg, reader.rig))  # as perception replay
+    stats, latency, outputs, pipeline = run_pipeline(messages, reader.rig, cfg, out, recording=None,
                                                      realtime=realtime, quiet=True, source_name=str(recording))
     return latency
 
@@ -54,7 +55,7 @@ def non_network_ms(latency) -> np.ndarray:
     return np.array(per_frame)
 
 
-def message_decode_ms(recording: Path) -> dict[int, float]:
+def message_decode_ms(recording: Path, image_reduction: int) -> dict[int, float]:
     """Per LiDAR sweep stamp: milliseconds spent reading and decoding the messages up to it (since the
     previous sweep), timed around each message the reader yields."""
     from drivers.messages import LidarSweep
@@ -63,7 +64,7 @@ def message_decode_ms(recording: Path) -> dict[int, float]:
     reader = RecordingReader(recording)
     spent: list[tuple[int, float]] = []
     sweeps: list[int] = []
-    it = reader.messages()
+    it = reader.messages(image_reduction=image_reduction)
     while True:
         t0 = time.perf_counter()
         msg = next(it, None)
@@ -138,7 +139,11 @@ def main() -> int:
             print(f"non-network stages per frame: median {np.median(nn_free):.1f} ms, p95 "
                   f"{np.percentile(nn_free, 95):.1f} ms, max {nn_free.max():.1f} ms")
             if backend == "onnxruntime":
-                dec = message_decode_ms(rec)
+                from drivers.recording import RecordingReader
+                from perception.pipeline import PipelineConfig, image_reduction_for
+
+                cfg = PipelineConfig.load(ROOT / "configs" / "pipeline_default.yaml")
+                dec = message_decode_ms(rec, image_reduction_for(cfg, RecordingReader(rec).rig))
                 unmatched = sum(f.stamp_ns not in dec for f in latency.frames)
                 if unmatched:
                     print(f"warning: {unmatched} frames have no LiDAR sweep with their stamp; their decoding is not counted")

@@ -634,9 +634,9 @@ class _Chunk:
     counts: dict[int, int] | None = None  # messages per channel id (scan of message indexes), None if unknown
 
 
-def _decode_compressed_camera(data: memoryview, ch: _RChannel, seq: int) -> CameraImage:
+def _decode_compressed_camera(data: memoryview, ch: _RChannel, seq: int, reduction: int = 1) -> CameraImage:
     stamp_ns, _, _, jpeg = ros_msgs.decode_compressed_image(data)
-    return CameraImage(ch.sensor_id, stamp_ns, seq, ros_msgs.rgb_from_compressed(jpeg))
+    return CameraImage(ch.sensor_id, stamp_ns, seq, ros_msgs.rgb_from_compressed(jpeg, reduction))
 
 
 def _decode_raw_camera(data: memoryview, ch: _RChannel, seq: int) -> CameraImage:
@@ -744,22 +744,30 @@ class RecordingReader:
                 for cid, ch in sorted(self._channels.items())]
 
     def messages(self, sensors: Collection[str] | None = None, start_ns: int | None = None,
-                 end_ns: int | None = None) -> Iterator[Message]:
+                 end_ns: int | None = None, image_reduction: int = 1) -> Iterator[Message]:
         """Typed messages in log-time order (ties in write order).
 
         Args:
             sensors: sensor ids to read (default all, ground truth included); an id that is neither in the
                 rig nor on any channel raises RecordingError.
             start_ns, end_ns: half-open log-time window [start_ns, end_ns) [ns]; None = unbounded.
+            image_reduction: 1, 2, 4 or 8: compressed camera images are decoded at 1/image_reduction of
+                their size (each side rounded up), by the codec itself, for a consumer that would shrink
+                them anyway (the detection pipeline's cameras run at half size). Raw images are left alone.
 
         Yields every message up to a break (truncation, corruption), then raises RecordingError saying
         where it broke and how many messages were delivered.
         """
+        if image_reduction not in (1, 2, 4, 8):
+            raise ValueError(f"image_reduction must be 1, 2, 4 or 8, got {image_reduction!r}")
         wanted = self._wanted(sensors)
         delivered = 0
         for ch, log_time, seq, data, chunk_offset in self._merged(wanted, start_ns, end_ns, lambda: delivered):
             try:
-                msg = ch.decode(data, ch, seq)
+                if image_reduction != 1 and ch.decode is _decode_compressed_camera:
+                    msg = _decode_compressed_camera(data, ch, seq, image_reduction)
+                else:
+                    msg = ch.decode(data, ch, seq)
             except (CdrError, ValueError, struct.error) as e:
                 raise RecordingError(
                     f"{self.path}: cannot decode message seq {seq} on {ch.topic} (log time {log_time}) in the "

@@ -648,10 +648,16 @@ def rgb_from_image(img: ImageMsg) -> np.ndarray:
     return np.ascontiguousarray(px[:, :, :3])
 
 
-def rgb_from_compressed(data: np.ndarray | bytes) -> np.ndarray:
-    """JPEG/PNG bytes -> (H, W, 3) uint8 RGB. Raises CdrError when OpenCV cannot decode them."""
+def rgb_from_compressed(data: np.ndarray | bytes, reduction: int = 1) -> np.ndarray:
+    """JPEG/PNG bytes -> (H, W, 3) uint8 RGB. Raises CdrError when OpenCV cannot decode them.
+
+    ``reduction`` 2, 4 or 8 decodes at 1/reduction of the size (ceil of each side): for JPEG the codec's own
+    DCT scaling, about twice as fast as decoding in full and resizing, within a few grey levels of it."""
     buf = np.frombuffer(data, np.uint8)
-    if _IMREAD_RGB is not None:  # OpenCV >= 4.10 decodes straight to RGB (a quarter faster than a BGR pass)
+    if reduction != 1:
+        bgr = cv2.imdecode(buf, _IMREAD_REDUCED[reduction])
+        rgb = None if bgr is None else cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+    elif _IMREAD_RGB is not None:  # OpenCV >= 4.10 decodes straight to RGB (a quarter faster than a BGR pass)
         rgb = cv2.imdecode(buf, _IMREAD_RGB)
     else:
         bgr = cv2.imdecode(buf, cv2.IMREAD_COLOR)
@@ -661,6 +667,7 @@ def rgb_from_compressed(data: np.ndarray | bytes) -> np.ndarray:
     return rgb
 
 
+_IMREAD_REDUCED = {2: cv2.IMREAD_REDUCED_COLOR_2, 4: cv2.IMREAD_REDUCED_COLOR_4, 8: cv2.IMREAD_REDUCED_COLOR_8}
 _IMREAD_RGB = getattr(cv2, "IMREAD_COLOR_RGB", None)
 
 

@@ -280,6 +280,7 @@ def _copied_sensors(args: argparse.Namespace):
 
 def cmd_replay(args: argparse.Namespace) -> int:
     from drivers.recording import RecordingReader
+    from perception.pipeline import image_reduction_for
 
     rec = Path(args.recording)
     if not rec.exists():
@@ -292,8 +293,11 @@ def cmd_replay(args: argparse.Namespace) -> int:
     meta = dict(getattr(reader, "metadata", {}) or {})
     tags = {k: meta[k] for k in ("weather",) if k in meta}
     n_lidar = next((c.message_count for c in reader.channels() if c.sensor_id == config.lidar_id and c.primary), None)
+    # Camera images are decoded straight at the network's scale (JPEG's own downscaling, about half the
+    # cost of a full decode and a resize).
+    messages = reader.messages(image_reduction=image_reduction_for(config, reader.rig))
     stats, latency, outputs, _ = run_pipeline(
-        reader.messages(), reader.rig, config, out, recording=reader, realtime=args.realtime, speed=args.speed,
+        messages, reader.rig, config, out, recording=reader, realtime=args.realtime, speed=args.speed,
         drop=frozenset(args.drop or ()), video=Path(args.video) if args.video else None,
         copy_sensors=_copied_sensors(args), tags=tags, source_name=str(rec), expected_frames=n_lidar,
         quiet=args.quiet)

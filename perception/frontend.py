@@ -100,15 +100,23 @@ class Frontend:
         self.sweeps = SweepAccumulator(config.lidar_sweeps, max_age_s=0.1 * config.lidar_sweeps + 0.05)
         self.radar = RadarAccumulator(config.radar_max_age_s)
         self._ego_from = {sid: rig.ego_from(sid) for sid in (config.lidar_id, *config.radar_ids)}
+        # Each camera's image at network scale; an image that arrives at that size already (decoded
+        # reduced, RecordingReader.messages(image_reduction=...)) is not resized again.
+        self._scaled_size = {cid: (int(round(rig[cid].camera.height * config.image_scale)),
+                                   int(round(rig[cid].camera.width * config.image_scale)))
+                             for cid in config.camera_ids if rig[cid].camera is not None}
         # Frames whose ego motion did not cover the data yet (start of a drive): used without motion
         # compensation, counted.
         self.uncompensated = 0
 
     def _image(self, msg: CameraImage) -> np.ndarray:
         c = self.config
-        h0 = int(round(msg.image.shape[0] * c.image_scale))
-        w0 = int(round(msg.image.shape[1] * c.image_scale))
-        small = cv2.resize(msg.image, (w0, h0), interpolation=cv2.INTER_AREA)
+        if msg.image.shape[:2] == self._scaled_size.get(msg.sensor_id):
+            small = msg.image
+        else:
+            h0 = int(round(msg.image.shape[0] * c.image_scale))
+            w0 = int(round(msg.image.shape[1] * c.image_scale))
+            small = cv2.resize(msg.image, (w0, h0), interpolation=cv2.INTER_AREA)
         out = small[c.crop_top:c.crop_top + c.image_height, :c.image_width]
         if out.shape != (c.image_height, c.image_width, 3):
             raise ValueError(f"camera {msg.sensor_id}: image {msg.image.shape} does not give a "

@@ -243,6 +243,27 @@ def open_networks(config: PipelineConfig, rig: Rig | None):
     return cam, bev, net_cfg, cell_index, hashes
 
 
+def image_reduction_for(config: PipelineConfig, rig: Rig) -> int:
+    """The ``image_reduction`` for RecordingReader.messages that hands this pipeline's cameras their images
+    at network scale (2 for the half-size default), or 1 where the scale is not 1/2, 1/4 or 1/8 or a camera's
+    size does not divide by it (the frontend then resizes full images, as for live cameras)."""
+    from perception.models.networks import NetworkConfig
+    from perception.train import load_checkpoint_file
+
+    ckpt = resolve_path(config.checkpoint)
+    if not ckpt.exists():
+        return 1
+    scale = NetworkConfig.from_dict(json.loads(load_checkpoint_file(ckpt)["network_config"])).image_scale
+    r = int(round(1.0 / scale)) if scale > 0 else 0
+    if r not in (2, 4, 8) or abs(scale * r - 1.0) > 1e-9:
+        return 1
+    for cid in config.camera_ids:
+        cam = rig[cid].camera if cid in rig else None
+        if cam is None or cam.width % r or cam.height % r:
+            return 1
+    return r
+
+
 def resolve_cache(p: str | Path) -> Path:
     p = Path(p)
     return p if p.is_absolute() else ROOT / p

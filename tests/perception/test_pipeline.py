@@ -83,3 +83,28 @@ def test_warm_up_leaves_no_state_behind(frames, tmp_path):
         assert len(da) == len(db) > 0
         np.testing.assert_array_equal(da.boxes, db.boxes)
         np.testing.assert_array_equal(da.scores, db.scores)
+
+
+def test_cameras_decoded_at_network_scale_give_the_network_nearly_the_same_images(tmp_path):
+    from perception.pipeline import image_reduction_for
+
+    config = dataclasses.replace(PipelineConfig.load(ROOT / "configs" / "pipeline_default.yaml"),
+                                 model_cache=str(tmp_path), siren_checkpoint=None)
+    reader = RecordingReader(SAMPLE)
+    assert image_reduction_for(config, reader.rig) == 2  # 640x360 cameras, half-size network images
+    runs = []
+    for reduction in (1, 2):
+        pipeline, _ = build_pipeline(config, reader.rig, timing=False)
+        images = []
+        sync = Synchronizer(SyncConfig.load(ROOT / "configs" / "sync_sim.yaml"))
+        for now, msg in arrival_order(reader.messages(image_reduction=reduction)):
+            for frame in sync.push(msg, now):
+                pipeline(frame)
+                images.append(pipeline.last_inputs.images.copy())
+            if len(images) >= 4:
+                break
+        runs.append(np.stack(images[:4]))
+    full, half = runs
+    assert full.shape == half.shape and full.any()
+    # JPEG's own 1/2 downscaling against a full decode shrunk by area averaging: a grey level or so apart.
+    assert np.abs(full.astype(int) - half.astype(int)).mean() < 1.5
