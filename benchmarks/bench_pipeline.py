@@ -146,10 +146,12 @@ def main() -> int:
                 dec = message_decode_ms(rec, image_reduction_for(cfg, RecordingReader(rec).rig))
                 unmatched = sum(f.stamp_ns not in dec for f in latency.frames)
                 if unmatched:
-                    print(f"warning: {unmatched} frames have no LiDAR sweep with their stamp; their decoding is not counted")
+                    print(f"warning: {unmatched} frames have no LiDAR sweep with their stamp; their decoding is "
+                          "not counted")
                 per = np.array([dec.get(f.stamp_ns, 0.0) for f in latency.frames])
                 both = nn_free + per
-                print(f"message decoding per frame: median {np.median(per):.1f} ms, p95 {np.percentile(per, 95):.1f} ms")
+                print(f"message decoding per frame: median {np.median(per):.1f} ms, "
+                      f"p95 {np.percentile(per, 95):.1f} ms")
                 print(f"non-network incl. message decoding: median {np.median(both):.1f} ms, p95 "
                       f"{np.percentile(both, 95):.1f} ms, max {both.max():.1f} ms (target <= 15 ms)")
     e2e = {k: v.summary().end_to_end for k, v in results.items()}

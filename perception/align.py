@@ -232,7 +232,8 @@ class SweepAccumulator:
         Raises:
             ValueError: ``motion`` does not cover a stored sweep's stamp.
         """
-        use = [s for s in sorted(self._sweeps, key=lambda s: s.stamp_ns) if 0 <= stamp_ns - s.stamp_ns <= self.max_age_ns]
+        use = [s for s in sorted(self._sweeps, key=lambda s: s.stamp_ns)
+               if 0 <= stamp_ns - s.stamp_ns <= self.max_age_ns]
         # Every transform first (a sweep the motion does not cover raises before anything is written), then
         # one kernel pass per sweep straight into the output: float32 is exact to well under a millimetre
         # at LiDAR ranges.

@@ -17,8 +17,8 @@ Speed notes:
   ``PILLAR_BLOCK``: x y z are copied out of the rows so the cell of every point is found in a branch-free,
   vectorised loop; then each point gets its slot from a per-cell count and its pillar (numbered by first
   appearance) from a per-cell table, both reset only at the touched cells, and a kept point's row is
-  copied straight to its slot. The pillar pass sums each pillar's mean in float64 from the rows it holds (in point order) and
-  writes the decorations.
+  copied straight to its slot. The pillar pass sums each pillar's mean in float64 from the rows it holds
+  (in point order) and writes the decorations.
   A fixed (P, M, C+5) output is mostly empty (most pillars hold far fewer than M points), so clearing it
   would dominate: spconv's PointToVoxel clears its whole buffer on every call. :class:`Pillarizer` owns
   its output buffers and, knowing what its previous call wrote, clears only the rows that call filled and
@@ -84,7 +84,8 @@ def _pillarize_kernel(points, x_min, y_min, z_min, cell, z_size, nx, ny, cx, cy,
     """Fill the outputs; return the pillar count.
 
     Scratch: cell_to_pillar (n_cells,) int32 must be all -1 and cell_count (n_cells,) int32 all 0 on entry;
-    both are so again on exit (only the touched cells are reset); bx, by, bz (PILLAR_BLOCK,) float32 and bc (PILLAR_BLOCK,) int32 are overwritten;
+    both are so again on exit (only the touched cells are reset); bx, by, bz (PILLAR_BLOCK,) float32 and
+    bc (PILLAR_BLOCK,) int32 are overwritten;
     dirty (P,) int32 holds, per pillar, how many leading rows of out_features may be non-zero on entry, and
     holds the same for the new contents on exit. Pillars from max(count, prev_filled) on are left as they
     are: the caller knows they are already empty (out_index n_cells, out_npoints 0, dirty 0).
