@@ -32,17 +32,17 @@ sys.path.insert(0, str(ROOT))
 NETWORK_STAGES = ("camera_net", "bev_net", "siren")
 
 
-def replay(recording: Path, backend: str, realtime: bool, out: Path):
+def replay(recording: Path, backend: str, realtime: bool, out: Path, image_reduction: int):
     import logging
 
     from drivers.recording import RecordingReader
     from perception.cli_replay import run_pipeline
-    from perception.pipeline import PipelineConfig, image_reduction_for
+    from perception.pipeline import PipelineConfig
 
     logging.getLogger("perception").setLevel(logging.ERROR)
     cfg = dataclasses.replace(PipelineConfig.load(ROOT / "configs" / "pipeline_default.yaml"), backend=backend)
     reader = RecordingReader(recording)
-    messages = reader.messages(image_reduction=image_reduction_for(cfg, reader.rig))  # as perception replay
+    messages = reader.messages(image_reduction=image_reduction)
     stats, latency, outputs, pipeline = run_pipeline(messages, reader.rig, cfg, out, recording=None,
                                                      realtime=realtime, quiet=True, source_name=str(recording))
     return latency
@@ -124,14 +124,19 @@ def main() -> int:
     ap.add_argument("--recording", default=str(ROOT / "recordings" / "sample_drive.mcap"))
     ap.add_argument("--realtime", action="store_true", help="run the onnxruntime replay in real time")
     args = ap.parse_args()
+    from drivers.recording import RecordingReader
+    from perception.pipeline import PipelineConfig, image_reduction_for
     from perception.timing import format_summary_table
 
     rec = Path(args.recording)
+    # Camera images decoded as `perception replay` decodes them (at the network's scale).
+    reduction = image_reduction_for(PipelineConfig.load(ROOT / "configs" / "pipeline_default.yaml"),
+                                    RecordingReader(rec).rig)
     with tempfile.TemporaryDirectory() as tmp:
         results = {}
         for backend in ("torch", "onnxruntime"):
             rt = args.realtime and backend == "onnxruntime"
-            latency = replay(rec, backend, rt, Path(tmp) / backend)
+            latency = replay(rec, backend, rt, Path(tmp) / backend, reduction)
             results[backend] = latency
             print(f"\n== {backend}{' (real time)' if rt else ''}: {rec.name}")
             print(format_summary_table(latency))
@@ -139,11 +144,7 @@ def main() -> int:
             print(f"non-network stages per frame: median {np.median(nn_free):.1f} ms, p95 "
                   f"{np.percentile(nn_free, 95):.1f} ms, max {nn_free.max():.1f} ms")
             if backend == "onnxruntime":
-                from drivers.recording import RecordingReader
-                from perception.pipeline import PipelineConfig, image_reduction_for
-
-                cfg = PipelineConfig.load(ROOT / "configs" / "pipeline_default.yaml")
-                dec = message_decode_ms(rec, image_reduction_for(cfg, RecordingReader(rec).rig))
+                dec = message_decode_ms(rec, reduction)
                 unmatched = sum(f.stamp_ns not in dec for f in latency.frames)
                 if unmatched:
                     print(f"warning: {unmatched} frames have no LiDAR sweep with their stamp; their decoding is "
