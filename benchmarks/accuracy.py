@@ -44,7 +44,7 @@ def run_model(name: str, ckpt: Path, modes: dict, drives, out: Path) -> dict:
     decoder = Decoder(net_cfg.head_grid, net_cfg.class_names, DecodeConfig())
     results = {}
     for mode, mods in modes.items():
-        builder = SampleBuilder(net_cfg, mods, 0.0, False)
+        builder = SampleBuilder(net_cfg, mods, None, False)
         dirs = []
         for d in drives:
             run_dir = out / f"{name}_{mode}" / d.path.stem

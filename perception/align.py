@@ -75,12 +75,13 @@ def deskew_sweep(sweep: LidarSweep, ego_from_lidar: Transform, motion: EgoMotion
     lo, hi = float(tau.min()), float(tau.max())
     offsets = np.array([lo]) if hi - lo < 1e-6 else np.linspace(lo, hi, bins)
     Rs, ts = _motion_samples(motion, sweep.stamp_ns, offsets)
-    # One pass over the points: mount, bin, interpolation (the reference's float64 arithmetic, no temporaries).
-    # (Writeable C-contiguous copies of the small arrays: the kernel is compiled for that one signature.)
-    f64 = np.float64
+    # The mount goes into each bin's transform (ego@stamp_from_lidar@t_k), so the one pass over the points
+    # is a bin lookup and the interpolation of two affine maps, in float64 as the reference.
+    R_mount, t_mount = ego_from_lidar.rotation, ego_from_lidar.translation
+    Rk = np.ascontiguousarray(Rs @ R_mount)
+    tk = np.ascontiguousarray(Rs @ t_mount + ts)
     _deskew_kernel(np.ascontiguousarray(sweep.points, np.float32), np.ascontiguousarray(tau, np.float32),
-                   np.array(ego_from_lidar.rotation, f64), np.array(ego_from_lidar.translation, f64), lo, hi,
-                   np.array(Rs, f64), np.array(ts, f64), result)
+                   lo, hi, Rk, tk, result)
     return result
 
 
@@ -109,39 +110,52 @@ def warm_up_kernels() -> None:
     :func:`deskew_sweep` and :class:`SweepAccumulator` give them, and the ego-motion IMU step, so the first
     frame of a run does not pay."""
     warm_up_imu_step()
-    _deskew_kernel(np.zeros((1, 4), np.float32), np.zeros(1, np.float32), np.eye(3), np.zeros(3), 0.0, 1.0,
-                   np.zeros((2, 3, 3)), np.zeros((2, 3)), np.zeros((1, 4), np.float32))
+    _deskew_kernel(np.zeros((1, 4), np.float32), np.zeros(1, np.float32), 0.0, 1.0, np.zeros((2, 3, 3)),
+                   np.zeros((2, 3)), np.zeros((1, 4), np.float32))
     _move_sweep_kernel(np.zeros((1, 4), np.float32), np.eye(3, dtype=np.float32), np.zeros(3, np.float32),
                        np.float32(0.0), np.zeros((1, 5), np.float32), 0, True)
 
 
-@numba.njit(cache=True, nogil=True)
-def _deskew_kernel(points, tau, R_mount, t_mount, lo, hi, Rs, ts, out):  # pragma: no cover - compiled
-    """:func:`deskew_sweep` per point, in float64 as the reference: p = mount(points[n, :3]); bin
-    f = (tau - lo) / (hi - lo) * (K - 1), k = min(floor f, K - 2); out = lerp(Rs[k] p + ts[k],
-    Rs[k+1] p + ts[k+1], f - k); with one sample (K = 1) out = Rs[0] p + ts[0]. out[n, 3] = intensity."""
+@numba.njit(cache=True, nogil=True, error_model="numpy")
+def _deskew_kernel(points, tau, lo, hi, Rs, ts, out):  # pragma: no cover - compiled
+    """:func:`deskew_sweep` per point, in float64: with the mount folded into the bins (Rs[k], ts[k]:
+    ego@stamp_from_lidar@t_k), bin f = (tau - lo) * (K - 1) / (hi - lo), k = min(floor f, K - 2);
+    out = lerp(Rs[k] p + ts[k], Rs[k+1] p + ts[k+1], f - k) for the sensor-frame point p; with one sample
+    (K = 1) out = Rs[0] p + ts[0]. out[n, 3] = intensity.
+
+    A spinning LiDAR's points come in time order, so they are taken in runs that share a bin: the two
+    transforms are loaded once per run and the inner loop is pure arithmetic (any order is still right,
+    only slower)."""
+    n_pts = points.shape[0]
     k_bins = Rs.shape[0]
-    span = hi - lo
-    for n in range(points.shape[0]):
-        x = np.float64(points[n, 0])
-        y = np.float64(points[n, 1])
-        z = np.float64(points[n, 2])
-        px = R_mount[0, 0] * x + R_mount[0, 1] * y + R_mount[0, 2] * z + t_mount[0]
-        py = R_mount[1, 0] * x + R_mount[1, 1] * y + R_mount[1, 2] * z + t_mount[1]
-        pz = R_mount[2, 0] * x + R_mount[2, 1] * y + R_mount[2, 2] * z + t_mount[2]
-        if k_bins == 1:
-            for r in range(3):
-                out[n, r] = Rs[0, r, 0] * px + Rs[0, r, 1] * py + Rs[0, r, 2] * pz + ts[0, r]
-        else:
-            f = (np.float64(tau[n]) - lo) / span * (k_bins - 1)
-            k = min(int(f), k_bins - 2)
-            wb = f - k
+    scale = (k_bins - 1) / (hi - lo) if k_bins > 1 else 0.0
+    i = 0
+    while i < n_pts:
+        k = 0
+        j = n_pts
+        if k_bins > 1:
+            k = min(int((np.float64(tau[i]) - lo) * scale), k_bins - 2)
+            j = i + 1
+            while j < n_pts and min(int((np.float64(tau[j]) - lo) * scale), k_bins - 2) == k:
+                j += 1
+        k1 = min(k + 1, k_bins - 1)
+        a00, a01, a02, a03 = Rs[k, 0, 0], Rs[k, 0, 1], Rs[k, 0, 2], ts[k, 0]
+        a10, a11, a12, a13 = Rs[k, 1, 0], Rs[k, 1, 1], Rs[k, 1, 2], ts[k, 1]
+        a20, a21, a22, a23 = Rs[k, 2, 0], Rs[k, 2, 1], Rs[k, 2, 2], ts[k, 2]
+        b00, b01, b02, b03 = Rs[k1, 0, 0], Rs[k1, 0, 1], Rs[k1, 0, 2], ts[k1, 0]
+        b10, b11, b12, b13 = Rs[k1, 1, 0], Rs[k1, 1, 1], Rs[k1, 1, 2], ts[k1, 1]
+        b20, b21, b22, b23 = Rs[k1, 2, 0], Rs[k1, 2, 1], Rs[k1, 2, 2], ts[k1, 2]
+        for n in range(i, j):
+            px = np.float64(points[n, 0])
+            py = np.float64(points[n, 1])
+            pz = np.float64(points[n, 2])
+            wb = (np.float64(tau[n]) - lo) * scale - k if k_bins > 1 else 0.0
             wa = 1.0 - wb
-            for r in range(3):
-                a = Rs[k, r, 0] * px + Rs[k, r, 1] * py + Rs[k, r, 2] * pz + ts[k, r]
-                b = Rs[k + 1, r, 0] * px + Rs[k + 1, r, 1] * py + Rs[k + 1, r, 2] * pz + ts[k + 1, r]
-                out[n, r] = a * wa + b * wb
-        out[n, 3] = points[n, 3]
+            out[n, 0] = (a00 * px + a01 * py + a02 * pz + a03) * wa + (b00 * px + b01 * py + b02 * pz + b03) * wb
+            out[n, 1] = (a10 * px + a11 * py + a12 * pz + a13) * wa + (b10 * px + b11 * py + b12 * pz + b13) * wb
+            out[n, 2] = (a20 * px + a21 * py + a22 * pz + a23) * wa + (b20 * px + b21 * py + b22 * pz + b23) * wb
+            out[n, 3] = points[n, 3]
+        i = j
 
 
 @numba.njit(cache=True, nogil=True)
@@ -243,8 +257,8 @@ class SweepAccumulator:
             if lag_ns == 0:
                 R, t = np.eye(3, dtype=np.float32), np.zeros(3, np.float32)
             else:
-                T = motion.ego_from_ego(stamp_ns, s.stamp_ns)
-                R, t = T.rotation.astype(np.float32), T.translation.astype(np.float32)
+                R, t = motion.relative(stamp_ns, s.stamp_ns)
+                R, t = R.astype(np.float32), t.astype(np.float32)
             moves.append((R, t, np.float32(lag_ns * 1e-9)))
         out = np.empty((sum(len(s.points) for s in use), 5), np.float32)
         start = 0
@@ -291,6 +305,21 @@ def radar_to_instant(scan: RadarScan, ego_from_radar: Transform, motion: EgoMoti
         :class:`RadarPoints` with N = len(scan) returns, in the scan's order.
     """
     _check_mount(ego_from_radar, scan.sensor_id, "radar_to_instant")
+    return _move_radar(_radar_in_ego(scan, ego_from_radar, motion), scan.stamp_ns, motion, stamp_ns)
+
+
+@dataclass(frozen=True)
+class _EgoScan:
+    """A radar scan in the ego frame at its own stamp (what :func:`radar_to_instant` computes before moving
+    it): xyz (N, 3) float64 [m]; v_ground, v_measured, rcs (N,) float32."""
+
+    xyz: np.ndarray
+    v_ground: np.ndarray
+    v_measured: np.ndarray
+    rcs: np.ndarray
+
+
+def _radar_in_ego(scan: RadarScan, ego_from_radar: Transform, motion: EgoMotion) -> _EgoScan:
     xyz_s = scan.xyz.astype(np.float64)
     rng = np.maximum(scan.range_m.astype(np.float64), 1e-6)
     u_ego = ego_from_radar.apply_vectors(xyz_s / rng[:, None])
@@ -298,17 +327,25 @@ def radar_to_instant(scan: RadarScan, ego_from_radar: Transform, motion: EgoMoti
     lever = ego_from_radar.translation
     v_radar = np.array([pose.speed, 0.0, 0.0]) + np.cross(pose.angular_velocity, lever)
     v_ground = scan.radial_velocity.astype(np.float64) + u_ego @ v_radar
-    xyz_ego = ego_from_radar.apply(xyz_s)
-    if scan.stamp_ns != stamp_ns:
-        xyz_ego = motion.ego_from_ego(stamp_ns, scan.stamp_ns).apply(xyz_ego)
-    n = len(scan)
-    return RadarPoints(xyz_ego.astype(np.float32), v_ground.astype(np.float32),
-                       scan.radial_velocity.astype(np.float32), scan.rcs.astype(np.float32),
-                       np.full(n, (stamp_ns - scan.stamp_ns) * 1e-9, np.float32))
+    return _EgoScan(ego_from_radar.apply(xyz_s), v_ground.astype(np.float32),
+                    scan.radial_velocity.astype(np.float32), scan.rcs.astype(np.float32))
+
+
+def _move_radar(e: _EgoScan, scan_ns: int, motion: EgoMotion, stamp_ns: int) -> RadarPoints:
+    xyz = e.xyz
+    if scan_ns != stamp_ns:
+        R, t = motion.relative(stamp_ns, scan_ns)
+        xyz = xyz @ R.T + t
+    return RadarPoints(xyz.astype(np.float32), e.v_ground, e.v_measured, e.rcs,
+                       np.full(len(xyz), (stamp_ns - scan_ns) * 1e-9, np.float32))
 
 
 class RadarAccumulator:
     """Recent radar scans (of one or more radars), returned together at one instant.
+
+    Each scan is brought into the ego frame at its own stamp once (mount, Doppler correction), the first
+    time the ego motion covers that stamp with IMU samples on both sides; every later query only moves it
+    to the query instant. The result is the same as :func:`radar_to_instant` per scan.
 
     Args:
         max_age_s: scans older than this (relative to the query instant) are left out and forgotten.
@@ -318,29 +355,44 @@ class RadarAccumulator:
         if max_age_s < 0:
             raise ValueError(f"RadarAccumulator: max_age_s must be >= 0, got {max_age_s}")
         self.max_age_ns = int(max_age_s * 1e9)
-        self._scans: list[tuple[RadarScan, Transform]] = []
+        self._scans: list[_StoredScan] = []
 
     def add(self, scan: RadarScan, ego_from_radar: Transform) -> None:
         """Store a scan with its radar's rig transform (ego_from_<scan.sensor_id>). Scans may come in any
         order (several radars interleave); those more than ``max_age_s`` older than the newest are forgotten,
         so memory stays bounded even if :meth:`accumulate` is never called."""
         _check_mount(ego_from_radar, scan.sensor_id, "RadarAccumulator.add")
-        self._scans.append((scan, ego_from_radar))
-        newest = max(s.stamp_ns for s, _ in self._scans)
-        self._scans = [(s, T) for s, T in self._scans if newest - s.stamp_ns <= self.max_age_ns]
+        self._scans.append(_StoredScan(scan, ego_from_radar))
+        newest = max(s.scan.stamp_ns for s in self._scans)
+        self._scans = [s for s in self._scans if newest - s.scan.stamp_ns <= self.max_age_ns]
 
     def accumulate(self, stamp_ns: int, motion: EgoMotion) -> RadarPoints:
-        """Every stored scan taken in [stamp_ns - max_age_s, stamp_ns], moved to ``stamp_ns`` with
-        :func:`radar_to_instant` and concatenated in stamp order; ``lag`` tells the scans apart. Scans older
-        than the window are forgotten; newer ones are kept for a later instant."""
-        self._scans = [(s, T) for s, T in self._scans if stamp_ns - s.stamp_ns <= self.max_age_ns]
-        use = sorted((p for p in self._scans if p[0].stamp_ns <= stamp_ns), key=lambda p: p[0].stamp_ns)
-        parts = [radar_to_instant(s, T, motion, stamp_ns) for s, T in use]
+        """Every stored scan taken in [stamp_ns - max_age_s, stamp_ns], moved to ``stamp_ns`` as
+        :func:`radar_to_instant` moves it, and concatenated in stamp order; ``lag`` tells the scans apart.
+        Scans older than the window are forgotten; newer ones are kept for a later instant."""
+        self._scans = [s for s in self._scans if stamp_ns - s.scan.stamp_ns <= self.max_age_ns]
+        use = sorted((s for s in self._scans if s.scan.stamp_ns <= stamp_ns), key=lambda s: s.scan.stamp_ns)
+        parts = []
+        for s in use:
+            ego = s.in_ego
+            if ego is None:
+                ego = _radar_in_ego(s.scan, s.ego_from_radar, motion)
+                latest = motion.latest
+                if latest is not None and s.scan.stamp_ns <= latest.stamp_ns:  # interpolated: final
+                    s.in_ego = ego
+            parts.append(_move_radar(ego, s.scan.stamp_ns, motion, stamp_ns))
         if not parts:
             e = np.zeros(0, np.float32)
             return RadarPoints(np.zeros((0, 3), np.float32), e, e, e, e)
         return RadarPoints(*(np.concatenate([getattr(p, f) for p in parts]) for f in
                              ("xyz", "v_radial_ground", "v_radial_measured", "rcs", "lag")))
+
+
+@dataclass
+class _StoredScan:
+    scan: RadarScan
+    ego_from_radar: Transform
+    in_ego: _EgoScan | None = None  # the scan in the ego frame at its stamp, once the motion is final there
 
 
 def camera_from_ego_at(ego_from_camera: Transform, motion: EgoMotion, frame_stamp_ns: int,

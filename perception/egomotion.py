@@ -89,11 +89,17 @@ def _rotvec_to_matrix_batch(rv: np.ndarray) -> np.ndarray:
     q[:, 1:] = np.where(small[:, None], 0.5 * rv, np.sin(angle / 2)[:, None] * rv / safe[:, None])
     q /= np.linalg.norm(q, axis=1, keepdims=True)
     w, x, y, z = q.T
-    return np.stack([
-        np.stack([1 - 2 * (y * y + z * z), 2 * (x * y - w * z), 2 * (x * z + w * y)], axis=1),
-        np.stack([2 * (x * y + w * z), 1 - 2 * (x * x + z * z), 2 * (y * z - w * x)], axis=1),
-        np.stack([2 * (x * z - w * y), 2 * (y * z + w * x), 1 - 2 * (x * x + y * y)], axis=1),
-    ], axis=1)
+    out = np.empty((len(rv), 3, 3))
+    out[:, 0, 0] = 1 - 2 * (y * y + z * z)
+    out[:, 0, 1] = 2 * (x * y - w * z)
+    out[:, 0, 2] = 2 * (x * z + w * y)
+    out[:, 1, 0] = 2 * (x * y + w * z)
+    out[:, 1, 1] = 1 - 2 * (x * x + z * z)
+    out[:, 1, 2] = 2 * (y * z - w * x)
+    out[:, 2, 0] = 2 * (x * z - w * y)
+    out[:, 2, 1] = 2 * (y * z + w * x)
+    out[:, 2, 2] = 1 - 2 * (x * x + y * y)
+    return out
 
 
 @dataclass(frozen=True)
@@ -146,7 +152,13 @@ class EgoMotion:
         self._bias_n = 0
         self._window: deque[tuple[int, np.ndarray, np.ndarray]] = deque()  # (t, gyro, accel)
         self._poses: deque[EgoPose] = deque()
-        self._stamps: np.ndarray | None = None  # stamps of _poses, rebuilt on the first query after a change
+        # The same poses as arrays for the vectorised queries: rows [_h0, _h1) of a buffer that is compacted
+        # (and grown) when its end is reached.
+        self._h0 = self._h1 = 0
+        self._hist_t = np.empty(256, np.int64)
+        self._hist_R = np.empty((256, 3, 3))
+        self._hist_p = np.empty((256, 3))
+        self._hist_w = np.empty((256, 3))
         self._q = np.array([1.0, 0.0, 0.0, 0.0])
         self._p = np.zeros(3)
         self._speed = 0.0
@@ -185,10 +197,29 @@ class EgoMotion:
         self._q, self._p, R = _imu_step(self._q, self._p, float(self._speed), omega_ego, dt,
                                         self._last_t is not None)
         self._last_t = t
-        self._poses.append(EgoPose(t, R, self._p.copy(), self._speed, omega_ego))
+        pose = EgoPose(t, R, self._p.copy(), self._speed, omega_ego)
+        self._poses.append(pose)
+        self._append_history(pose)
         while self._poses and t - self._poses[0].stamp_ns > self.history_ns:
             self._poses.popleft()
-        self._stamps = None
+            self._h0 += 1
+
+    def _append_history(self, pose: EgoPose) -> None:
+        if self._h1 == len(self._hist_t):
+            n = self._h1 - self._h0
+            cap = len(self._hist_t) * (2 if n > len(self._hist_t) // 2 else 1)
+            for name in ("_hist_t", "_hist_R", "_hist_p", "_hist_w"):
+                old = getattr(self, name)
+                new = old if cap == len(old) else np.empty((cap,) + old.shape[1:], old.dtype)
+                new[:n] = old[self._h0:self._h1]
+                setattr(self, name, new)
+            self._h0, self._h1 = 0, n
+        k = self._h1
+        self._hist_t[k] = pose.stamp_ns
+        self._hist_R[k] = pose.rotation
+        self._hist_p[k] = pose.translation
+        self._hist_w[k] = pose.angular_velocity
+        self._h1 = k + 1
 
     def _update_bias(self, t: int, gyro: np.ndarray, accel: np.ndarray) -> None:
         self._window.append((t, gyro, accel))
@@ -213,9 +244,7 @@ class EgoMotion:
 
     # ------------------------------------------------------------------ queries
     def _pose_stamps(self) -> np.ndarray:
-        if self._stamps is None:
-            self._stamps = np.fromiter((p.stamp_ns for p in self._poses), dtype=np.int64, count=len(self._poses))
-        return self._stamps
+        return self._hist_t[self._h0:self._h1]
 
     @property
     def latest(self) -> EgoPose | None:
@@ -265,10 +294,10 @@ class EgoMotion:
         i = np.clip(np.searchsorted(stamps, t, side="right") - 1, 0, len(stamps) - 1)
         j = np.minimum(i + 1, len(stamps) - 1)
         beyond = t >= last.stamp_ns
-        a_R = np.stack([self._poses[k].rotation for k in i])
-        a_p = np.stack([self._poses[k].translation for k in i])
-        b_p = np.stack([self._poses[k].translation for k in j])
-        w_b = np.stack([self._poses[k].angular_velocity for k in j])
+        a_R = self._hist_R[self._h0:self._h1][i]
+        a_p = self._hist_p[self._h0:self._h1][i]
+        b_p = self._hist_p[self._h0:self._h1][j]
+        w_b = self._hist_w[self._h0:self._h1][j]
         dt = (t - stamps[i]) * 1e-9
         span = (stamps[j] - stamps[i]).astype(np.float64)
         w = np.where(span > 0, (t - stamps[i]) / np.where(span > 0, span, 1.0), 0.0)
@@ -286,12 +315,21 @@ class EgoMotion:
             p[same] = a_p[same]
         return R, p
 
+    def relative(self, t_dst_ns: int, t_src_ns: int) -> tuple[np.ndarray, np.ndarray]:
+        """(R (3, 3), t (3,)) float64 of :meth:`ego_from_ego`, without building Transforms (the per-frame path).
+
+        R = R_dst^T R_src and t = R_dst^T (p_src - p_dst) from the two odom_from_ego poses; both rotations
+        come from unit quaternions, so the product is proper to rounding and is not re-orthonormalised.
+        """
+        a = self.pose_at(t_dst_ns)
+        b = self.pose_at(t_src_ns)
+        Ra_t = a.rotation.T
+        return Ra_t @ b.rotation, Ra_t @ (b.translation - a.translation)
+
     def ego_from_ego(self, t_dst_ns: int, t_src_ns: int) -> Transform:
         """Transform that moves points expressed in the ego frame at t_src into the ego frame at t_dst."""
-        a = self.pose_at(t_dst_ns).odom_from_ego()
-        b = self.pose_at(t_src_ns).odom_from_ego()
-        rel = a.inverse() @ b  # ego_from_ego
-        return rel
+        R, t = self.relative(t_dst_ns, t_src_ns)
+        return Transform.from_proper_rotation("ego", "ego", R, t)
 
 
 def speed_from_doppler(scan: RadarScan, ego_from_radar: Transform, min_points: int = 6,

@@ -271,7 +271,16 @@ def resolve_cache(p: str | Path) -> Path:
 
 def build_pipeline(config: PipelineConfig, rig: Rig, drop: frozenset[str] = frozenset(),
                    timing: bool = True) -> tuple[Pipeline, dict]:
-    """The one place config becomes objects. Returns the pipeline and the model hashes (for run.json)."""
+    """The one place config becomes objects. Returns the pipeline and the model hashes (for run.json).
+
+    Also limits numpy's (and OpenCV's) BLAS to one thread, process-wide: the pipeline's matrix products are
+    small, and an idle OpenBLAS worker busy-waits after each call, taking a core from the networks (measured
+    on the 2-core target, realtime replay of the sample drive: end-to-end p95 80-85 ms with the default
+    BLAS threads, 67-74 ms with one).
+    """
+    from threadpoolctl import threadpool_limits
+
+    threadpool_limits(limits=1, user_api="blas")
     cam, bev, net_cfg, cell_index, hashes = open_networks(config, rig)
     if len(config.camera_ids) != net_cfg.n_cameras:
         raise ValueError(f"pipeline config lists {len(config.camera_ids)} cameras, the network takes {net_cfg.n_cameras}")

@@ -80,6 +80,7 @@ from drivers.recording import (
 from drivers.ros_msgs import CdrWriter
 from perception.decode import Detections3D
 from perception.evaluation.results import ResultsWriter
+from perception.executor import lower_thread_priority
 
 log = logging.getLogger(__name__)
 
@@ -182,6 +183,7 @@ class BackgroundSink:
         self._thread.start()
 
     def _run(self) -> None:
+        lower_thread_priority()
         while True:
             item = self._queue.get()
             if item is None:

@@ -43,6 +43,8 @@ class TrainConfig:
         seed: initialisation, sampling and augmentation seed.
         modalities: sensors the network may see (a baseline restricts them).
         modality_dropout: per-sample probability of dropping each present modality (0 for baselines).
+        lidar_dropout: the probability for the LiDAR alone, when it should differ (None: modality_dropout):
+            a higher one gives the camera and radar paths more samples of their own.
         train_seeds, train_duration_s: simulated training drives (one per seed).
         val_seeds, val_duration_s: validation drives (seeds never used for training).
         weathers: drive i gets weathers[i % len]; lidar_columns: drive i gets lidar_columns[(i // len(weathers)) % len].
@@ -62,6 +64,7 @@ class TrainConfig:
     seed: int = 0
     modalities: tuple[str, ...] = MODALITIES
     modality_dropout: float = 0.25
+    lidar_dropout: float | None = None
     train_seeds: tuple[int, ...] = tuple(range(100, 114))
     train_duration_s: float = 16.0
     val_seeds: tuple[int, ...] = (900, 901)
@@ -89,6 +92,15 @@ class TrainConfig:
             raise ValueError(f"TrainConfig.modalities: {sorted(bad)} unknown; choose from {MODALITIES}")
         if not 0 <= self.modality_dropout < 1:
             raise ValueError(f"TrainConfig.modality_dropout must be in [0, 1), got {self.modality_dropout}")
+        if self.lidar_dropout is not None and not 0 <= self.lidar_dropout < 1:
+            raise ValueError(f"TrainConfig.lidar_dropout must be in [0, 1) or null, got {self.lidar_dropout}")
+
+    def dropout_of(self) -> dict[str, float]:
+        """Per-modality dropout probability."""
+        p = {m: self.modality_dropout for m in MODALITIES}
+        if self.lidar_dropout is not None:
+            p["lidar"] = self.lidar_dropout
+        return p
 
     @staticmethod
     def load(path: str | Path) -> "TrainConfig":
@@ -155,12 +167,12 @@ class Batch:
 class SampleBuilder:
     """Turns a cached frame into one sample (pillarization by the runtime kernel, targets)."""
 
-    def __init__(self, net_cfg, modalities: tuple[str, ...], dropout: float, flip: bool):
+    def __init__(self, net_cfg, modalities: tuple[str, ...], dropout: dict[str, float] | None, flip: bool):
         from perception.kernels import Pillarizer  # noqa: F401  (fails early when the kernels are missing)
 
         self.cfg = net_cfg
         self.modalities = modalities
-        self.dropout = dropout
+        self.dropout = dict(dropout or {})  # modality -> probability of dropping it per training sample
         self.flip = flip
 
     def build(self, drives, items, rng: np.random.Generator, train: bool) -> Batch:
@@ -183,8 +195,8 @@ class SampleBuilder:
         for k, (d, i) in enumerate(items):
             drive = drives[d]
             use = {m: m in self.modalities for m in MODALITIES}
-            if train and self.dropout > 0:
-                drop = {m: use[m] and rng.random() < self.dropout for m in MODALITIES}
+            if train and any(self.dropout.values()):
+                drop = {m: use[m] and rng.random() < self.dropout.get(m, 0.0) for m in MODALITIES}
                 if all(drop[m] or not use[m] for m in MODALITIES):
                     drop = {m: False for m in MODALITIES}
                 use = {m: use[m] and not drop[m] for m in MODALITIES}
@@ -434,8 +446,8 @@ def train(cfg: TrainConfig, out_dir: str | Path, progress: bool = True) -> Path:
     drives = [Drive.load(p) for p in train_files]
     vals = [Drive.load(p) for p in val_files]
     det = Detector(net_cfg, cell_index_for(net_cfg))
-    builder = SampleBuilder(net_cfg, cfg.modalities, cfg.modality_dropout, cfg.flip)
-    eval_builder = SampleBuilder(net_cfg, cfg.modalities, 0.0, False)
+    builder = SampleBuilder(net_cfg, cfg.modalities, cfg.dropout_of(), cfg.flip)
+    eval_builder = SampleBuilder(net_cfg, cfg.modalities, None, False)
     decoder = Decoder(net_cfg.head_grid, net_cfg.class_names, DecodeConfig())
     opt = torch.optim.AdamW(det.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     items = [(d, i) for d, drive in enumerate(drives) for i in range(len(drive))]
@@ -512,7 +524,7 @@ def int8_calibration(checkpoint: str | Path, n_frames: int = 64, progress: bool 
     det, net_cfg, _ = detector_from_checkpoint(checkpoint)
     cfg = TrainConfig()
     drives = [Drive.load(p) for p in generate_drives(val_drives(cfg), Path(cfg.data_cache), progress=progress)]
-    builder = SampleBuilder(net_cfg, MODALITIES, 0.0, False)
+    builder = SampleBuilder(net_cfg, MODALITIES, None, False)
     picks = [(k % len(drives), (k * 7) % len(drives[k % len(drives)])) for k in range(n_frames)]
 
     def feeds(spec):

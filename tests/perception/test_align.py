@@ -541,3 +541,21 @@ def test_radar_accumulator_moves_older_scans_onto_their_static_objects(drive, ra
     assert later.lag.max() <= 0.3
     # Adding scans forgets those more than max_age older than the newest, even without a query.
     assert len(acc.accumulate(_ns(radar_scans[0][0]), motion)) == 0
+
+
+def test_radar_accumulator_gives_what_radar_to_instant_gives_frame_after_frame(drive, radar_scans):
+    # Frame after frame, as the frontend calls it: a scan is brought into the ego frame once and only moved
+    # afterwards; every query must still equal radar_to_instant on each scan with the motion of that moment.
+    acc = RadarAccumulator(max_age_s=0.3)
+    pending = list(radar_scans)
+    for t in np.arange(2.1, 2.55, 0.1):
+        motion = drive.motion_until(t)
+        while pending and pending[0][0] <= t:
+            acc.add(pending.pop(0)[1].scan, RADAR)
+        got = acc.accumulate(_ns(t), motion)
+        scans = [sim.scan for t_s, sim in radar_scans if 0 <= _ns(t) - _ns(t_s) <= 300_000_000]
+        want = [radar_to_instant(sc, RADAR, motion, _ns(t)) for sc in scans]
+        assert len(want) >= 3
+        for f in ("xyz", "v_radial_ground", "v_radial_measured", "rcs", "lag"):
+            np.testing.assert_allclose(getattr(got, f), np.concatenate([getattr(w, f) for w in want]), rtol=0,
+                                       atol=1e-6, err_msg=f)

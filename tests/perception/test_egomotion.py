@@ -115,3 +115,19 @@ def test_euroc_imu_integrates_145_s_and_estimates_gyro_bias_at_rest(realdata):
     print(f"EuRoC gyro bias estimate [rad/s]: {np.round(em.gyro_bias, 5)} "
           f"(mean of first 4 s: {np.round(rest_mean, 5)}), still samples {em.still_samples}")
     assert np.allclose(em.gyro_bias, rest_mean, atol=0.002)
+
+
+def test_vectorised_and_single_pose_queries_agree_over_a_long_drive_with_a_short_history():
+    # 30 s at 200 Hz with 1 s of history: the kept poses are trimmed and their arrays compacted many times.
+    em = EgoMotion(Transform.identity("ego", "imu"), history_s=1.0)
+    _drive(em, 30.0, 12.0, 0.15)
+    first, last = em._poses[0].stamp_ns, em._poses[-1].stamp_ns
+    assert last - first <= 1_000_000_000 and len(em._poses) >= 199
+    t = np.sort(np.random.default_rng(3).integers(first, last + 150_000_000, 64))
+    R, p = em.poses_at(t)
+    for k, tk in enumerate(t):
+        pose = em.pose_at(int(tk))
+        np.testing.assert_allclose(R[k], pose.rotation, atol=1e-12)
+        np.testing.assert_allclose(p[k], pose.translation, atol=1e-9)
+    with pytest.raises(ValueError, match="outside pose history"):
+        em.poses_at(np.array([first - 1]))

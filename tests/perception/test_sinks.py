@@ -337,3 +337,25 @@ def test_background_sink_raises_the_threads_error_and_refuses_writes_after_close
         sink.write(Detections3D.empty(1_000, ("car", "bus")), 2_000)
     assert (tmp_path / "c.mcap").exists()  # the inner sink was closed: the file is complete
     assert BOXES_TOPIC not in _decoded(tmp_path / "c.mcap")  # the refused frame was not written
+
+
+class _PolicyProbe:
+    """A sink that records the scheduling policy of the thread that writes."""
+
+    def __init__(self) -> None:
+        self.policies: list[int] = []
+
+    def write(self, dets, emit_ns) -> None:
+        self.policies.append(os.sched_getscheduler(0))
+
+    def close(self) -> None:
+        pass
+
+
+@pytest.mark.skipif(not hasattr(os, "SCHED_IDLE"), reason="SCHED_IDLE is Linux-only")
+def test_background_sink_thread_yields_the_cpu_to_the_pipeline():
+    probe = _PolicyProbe()
+    with BackgroundSink(probe) as sink:
+        sink.write(Detections3D.empty(1_000), 2_000)
+    assert probe.policies == [os.SCHED_IDLE]
+    assert os.sched_getscheduler(0) != os.SCHED_IDLE  # the caller's own thread is left as it was

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import json
 
+import pytest
 import torch
 
 from perception.train import TrainConfig, load_checkpoint_file, train
@@ -66,3 +67,29 @@ def test_a_run_can_start_from_another_runs_weights_of_the_same_sizes(tmp_path):
         train(dataclasses.replace(warm, bev_channels=16), tmp_path / "other", progress=False)
     with pytest.raises(FileNotFoundError, match="train that run first"):
         train(dataclasses.replace(warm, init_from=str(tmp_path / "missing.pt")), tmp_path / "none", progress=False)
+
+
+def test_lidar_dropout_drops_the_lidar_alone_at_its_own_rate(tmp_path):
+    import numpy as np
+
+    from perception.models.networks import NetworkConfig
+    from perception.train import SampleBuilder, generate_drives, train_drives
+    from perception.training_data import Drive
+
+    cfg = dataclasses.replace(_tiny(tmp_path), modality_dropout=0.0, lidar_dropout=0.5)
+    assert cfg.dropout_of() == {"lidar": 0.5, "camera": 0.0, "radar": 0.0}
+    drive = Drive.load(generate_drives(train_drives(cfg), tmp_path / "cache", workers=1, progress=False)[0])
+    frames = [i for i in range(len(drive)) if drive.lidar_present[i] and drive.radar_present[i]]
+    net_cfg = NetworkConfig(lidar_channels=cfg.lidar_channels, bev_channels=cfg.bev_channels,
+                            lidar_max_pillars=cfg.lidar_max_pillars)
+    builder = SampleBuilder(net_cfg, cfg.modalities, cfg.dropout_of(), flip=False)
+    rng = np.random.default_rng(0)
+    presence = np.concatenate([builder.build([drive], [(0, frames[k % len(frames)]) for k in range(8)], rng,
+                                             train=True).presence for _ in range(8)])
+    lidar_kept = presence[:, 0].mean()
+    assert 0.3 < lidar_kept < 0.7, lidar_kept  # 64 samples at p = 0.5
+    assert presence[:, 2].min() == 1.0  # radar never dropped
+    # Evaluation samples never drop anything.
+    assert builder.build([drive], [(0, frames[0])], rng, train=False).presence[0, 0] == 1.0
+    with pytest.raises(ValueError, match="lidar_dropout"):
+        dataclasses.replace(cfg, lidar_dropout=1.0)
