@@ -74,8 +74,9 @@ def lower_thread_priority() -> str:
     For the source and sink threads. They do little per frame (decoding messages, writing files) but do it
     while the networks run, and a network's intra-op threads wait for each other at every op: one of them
     kept off its core by a background thread at equal priority slows the whole network. Measured on the
-    2-core target (realtime replay of the sample drive, 3 runs each): at equal priority the BEV network's
-    p95 was 37-42 ms (20 ms alone); with these threads at SCHED_IDLE it is 26-29 ms.
+    2-core target (realtime replay of the sample drive, 3 runs each, numpy's BLAS on one thread): the BEV
+    network's p95 was 31-33 ms with these threads niced by 10 and 26-29 ms with them at SCHED_IDLE (20 ms
+    alone, 37-42 ms with everything at equal priority and the default BLAS threads).
 
     Linux: ``SCHED_IDLE`` (the thread runs only when a core would otherwise be idle, and yields at once when
     another thread wakes; any user may set it for its own threads). Where that is refused or missing, the
