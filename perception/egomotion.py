@@ -151,13 +151,14 @@ class EgoMotion:
         self.gyro_bias = np.zeros(3)  # IMU frame [rad/s]
         self._bias_n = 0
         self._window: deque[tuple[int, np.ndarray, np.ndarray]] = deque()  # (t, gyro, accel)
-        self._poses: deque[EgoPose] = deque()
-        # The same poses as arrays for the vectorised queries: rows [_h0, _h1) of a buffer that is compacted
-        # (and grown) when its end is reached.
+        # The pose history, one row per IMU sample (stamp, odom_from_ego rotation and translation, speed,
+        # angular velocity): rows [_h0, _h1) of arrays that are compacted (and grown) when their end is
+        # reached, so single and vectorised queries index the same arrays.
         self._h0 = self._h1 = 0
         self._hist_t = np.empty(256, np.int64)
         self._hist_R = np.empty((256, 3, 3))
         self._hist_p = np.empty((256, 3))
+        self._hist_v = np.empty(256)
         self._hist_w = np.empty((256, 3))
         self._q = np.array([1.0, 0.0, 0.0, 0.0])
         self._p = np.zeros(3)
@@ -197,29 +198,40 @@ class EgoMotion:
         self._q, self._p, R = _imu_step(self._q, self._p, float(self._speed), omega_ego, dt,
                                         self._last_t is not None)
         self._last_t = t
-        pose = EgoPose(t, R, self._p.copy(), self._speed, omega_ego)
-        self._poses.append(pose)
-        self._append_history(pose)
-        while self._poses and t - self._poses[0].stamp_ns > self.history_ns:
-            self._poses.popleft()
+        self._append_history(t, R, self._p, self._speed, omega_ego)
+        while self._h1 > self._h0 and t - self._hist_t[self._h0] > self.history_ns:
             self._h0 += 1
 
-    def _append_history(self, pose: EgoPose) -> None:
+    def _append_history(self, t: int, R: np.ndarray, p: np.ndarray, speed: float, omega: np.ndarray) -> None:
         if self._h1 == len(self._hist_t):
             n = self._h1 - self._h0
             cap = len(self._hist_t) * (2 if n > len(self._hist_t) // 2 else 1)
-            for name in ("_hist_t", "_hist_R", "_hist_p", "_hist_w"):
+            for name in ("_hist_t", "_hist_R", "_hist_p", "_hist_v", "_hist_w"):
                 old = getattr(self, name)
                 new = old if cap == len(old) else np.empty((cap,) + old.shape[1:], old.dtype)
                 new[:n] = old[self._h0:self._h1]
                 setattr(self, name, new)
             self._h0, self._h1 = 0, n
         k = self._h1
-        self._hist_t[k] = pose.stamp_ns
-        self._hist_R[k] = pose.rotation
-        self._hist_p[k] = pose.translation
-        self._hist_w[k] = pose.angular_velocity
+        self._hist_t[k] = t
+        self._hist_R[k] = R
+        self._hist_p[k] = p
+        self._hist_v[k] = speed
+        self._hist_w[k] = omega
         self._h1 = k + 1
+
+    def _row(self, k: int) -> EgoPose:
+        """The stored pose in row k (copied: the rows are reused)."""
+        return EgoPose(int(self._hist_t[k]), self._hist_R[k].copy(), self._hist_p[k].copy(), float(self._hist_v[k]),
+                       self._hist_w[k].copy())
+
+    def _check_covered(self, t_min: int, t_max: int) -> None:
+        if self._h1 == self._h0:
+            raise ValueError("no IMU data yet")
+        first, last = int(self._hist_t[self._h0]), int(self._hist_t[self._h1 - 1])
+        if t_min < first or t_max > last + 200_000_000:
+            what = f"t={t_min}" if t_min == t_max else f"t in [{t_min}, {t_max}]"
+            raise ValueError(f"{what} outside pose history [{first}, {last}]")
 
     def _update_bias(self, t: int, gyro: np.ndarray, accel: np.ndarray) -> None:
         self._window.append((t, gyro, accel))
@@ -248,31 +260,31 @@ class EgoMotion:
 
     @property
     def latest(self) -> EgoPose | None:
-        return self._poses[-1] if self._poses else None
+        return self._row(self._h1 - 1) if self._h1 > self._h0 else None
 
     def pose_at(self, t_ns: int) -> EgoPose:
         """Pose at t_ns, interpolated between IMU samples (extrapolated at constant rates up to 0.2 s past the
         newest sample). Raises ValueError outside the kept history."""
-        if not self._poses:
-            raise ValueError("no IMU data yet")
-        first, last = self._poses[0], self._poses[-1]
-        if t_ns < first.stamp_ns or t_ns > last.stamp_ns + 200_000_000:
-            raise ValueError(f"t={t_ns} outside pose history [{first.stamp_ns}, {last.stamp_ns}]")
-        if t_ns >= last.stamp_ns:
-            dt = (t_ns - last.stamp_ns) * 1e-9
-            R = last.rotation @ _rotvec_matrix(last.angular_velocity * dt)
-            p = last.translation + last.rotation @ np.array([last.speed * dt, 0.0, 0.0])
-            return EgoPose(t_ns, R, p, last.speed, last.angular_velocity)
-        stamps = self._pose_stamps()
-        i = int(np.searchsorted(stamps, t_ns, side="right")) - 1
-        a, b = self._poses[i], self._poses[min(i + 1, len(self._poses) - 1)]
-        if b.stamp_ns == a.stamp_ns:
-            return a
-        w = (t_ns - a.stamp_ns) / (b.stamp_ns - a.stamp_ns)
-        dt = (t_ns - a.stamp_ns) * 1e-9
-        R = a.rotation @ _rotvec_matrix(b.angular_velocity * dt)
-        p = a.translation * (1 - w) + b.translation * w
-        return EgoPose(t_ns, R, p, a.speed * (1 - w) + b.speed * w, b.angular_velocity)
+        self._check_covered(t_ns, t_ns)
+        last = self._h1 - 1
+        t_last = int(self._hist_t[last])
+        if t_ns >= t_last:
+            dt = (t_ns - t_last) * 1e-9
+            R_l, w_l, v_l = self._hist_R[last], self._hist_w[last], float(self._hist_v[last])
+            R = R_l @ _rotvec_matrix(w_l * dt)
+            p = self._hist_p[last] + R_l @ np.array([v_l * dt, 0.0, 0.0])
+            return EgoPose(t_ns, R, p, v_l, w_l.copy())
+        a = self._h0 + int(np.searchsorted(self._pose_stamps(), t_ns, side="right")) - 1
+        b = min(a + 1, last)
+        t_a, t_b = int(self._hist_t[a]), int(self._hist_t[b])
+        if t_b == t_a:
+            return self._row(a)
+        w = (t_ns - t_a) / (t_b - t_a)
+        dt = (t_ns - t_a) * 1e-9
+        R = self._hist_R[a] @ _rotvec_matrix(self._hist_w[b] * dt)
+        p = self._hist_p[a] * (1 - w) + self._hist_p[b] * w
+        speed = float(self._hist_v[a]) * (1 - w) + float(self._hist_v[b]) * w
+        return EgoPose(t_ns, R, p, speed, self._hist_w[b].copy())
 
     def poses_at(self, t_ns: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Vectorised :meth:`pose_at` for many instants (same interpolation and extrapolation rules).
@@ -285,11 +297,11 @@ class EgoMotion:
             ValueError: an instant outside the kept history (as :meth:`pose_at`).
         """
         t = np.asarray(t_ns, dtype=np.int64)
-        if not self._poses:
+        if len(t):
+            self._check_covered(int(t.min()), int(t.max()))
+        elif self._h1 == self._h0:
             raise ValueError("no IMU data yet")
-        first, last = self._poses[0], self._poses[-1]
-        if len(t) and (t.min() < first.stamp_ns or t.max() > last.stamp_ns + 200_000_000):
-            raise ValueError(f"t in [{t.min()}, {t.max()}] outside pose history [{first.stamp_ns}, {last.stamp_ns}]")
+        last = self._row(self._h1 - 1)
         stamps = self._pose_stamps()
         i = np.clip(np.searchsorted(stamps, t, side="right") - 1, 0, len(stamps) - 1)
         j = np.minimum(i + 1, len(stamps) - 1)
