@@ -3,10 +3,10 @@
     .venv/bin/python benchmarks/siren_attribute.py [--drives 4] [--duration 12] [--out runs/siren_attr]
 
 Simulates drives with an oncoming emergency vehicle (seeds 9100+, never used for training), replays each
-through the full pipeline (``perception replay``: detector + siren detector + direction of arrival + late
-fusion) and, for every frame where a ground-truth vehicle with ``siren: true`` is within 60 m, checks that
-a detection within 2 m of it carries ``siren: true``. Also counts siren attributes put on vehicles that
-have no siren (false attributions) and bearing-only siren events.
+through the full pipeline (``perception replay``: detector + tracking + siren detector + direction of arrival + late
+fusion) and, for every frame where a ground-truth vehicle with ``siren: true`` is within 60 m and has at
+least one LiDAR point, checks that a detection within 2 m of it carries ``siren: true``. Also counts siren
+attributes put on vehicles that have no siren (false attributions) and bearing-only siren events.
 """
 
 from __future__ import annotations
@@ -32,7 +32,10 @@ def score_run(run: Path, max_range: float = 60.0, match_m: float = 2.0) -> dict:
         g = gts.get(d["stamp_ns"])
         if g is None:
             continue
-        sirens = [b for b in g["detections"] if b["attributes"].get("siren") and np.hypot(b["x"], b["y"]) < max_range]
+        # As the accuracy protocol does, a ground-truth box with no LiDAR point is not counted: no detector
+        # can see it.
+        sirens = [b for b in g["detections"] if b["attributes"].get("siren") and np.hypot(b["x"], b["y"]) < max_range
+                  and b.get("num_points", 1) > 0]
         quiet = [b for b in g["detections"] if not b["attributes"].get("siren")]
         flagged = [b for b in d["detections"] if b["attributes"].get("siren")]
         for s in sirens:

@@ -456,7 +456,8 @@ def _wrap(angle: np.ndarray) -> np.ndarray:
 
 
 def associate_sirens(dets: Detections3D, stamp_ns: int, probability: float, bearing_rad: float,
-                     threshold: float, max_bearing_err_rad: float) -> Detections3D:
+                     threshold: float, max_bearing_err_rad: float | np.ndarray, prefer: int = -1,
+                     prefer_margin_rad: float = 0.0) -> Detections3D:
     """Late fusion: attach a heard siren to the vehicle it comes from.
 
     When ``probability >= threshold``: among the car/truck detections whose bearing (``atan2(y, x)`` of
@@ -466,18 +467,26 @@ def associate_sirens(dets: Detections3D, stamp_ns: int, probability: float, bear
     that detection's index is added; with no candidate the event is bearing-only (index -1). Below the
     threshold ``dets`` is returned unchanged.
 
+    ``prefer`` (a detection index, -1 for none) is the vehicle the siren was on a moment ago, found again by
+    the caller's track: while it is a candidate it keeps the attribute against any vehicle less than
+    ``prefer_margin_rad`` nearer in bearing (a second vehicle in nearly the same direction does not take it).
+
     Args:
         dets: the frame's detections (ego frame at their stamp).
         stamp_ns: stamp of the event [ns] (the frame's).
         probability: siren probability in [0, 1]; bearing_rad: direction of arrival [rad], ego frame.
-        threshold: probability needed to report a siren; max_bearing_err_rad: association gate [rad].
+        threshold: probability needed to report a siren.
+        max_bearing_err_rad: association gate [rad], one for all or one per detection (N,).
+        prefer: index of the tracked siren vehicle or -1; prefer_margin_rad: its margin [rad].
     Returns:
         A new Detections3D (same boxes; ``siren`` and ``siren_events`` updated).
     """
     if not 0.0 <= threshold <= 1.0:
         raise ValueError(f"associate_sirens: threshold must be in [0, 1], got {threshold}")
-    if max_bearing_err_rad < 0:
-        raise ValueError(f"associate_sirens: max_bearing_err_rad must be >= 0, got {max_bearing_err_rad}")
+    gate = np.asarray(max_bearing_err_rad, np.float64)
+    if gate.ndim > 1 or (gate.ndim == 1 and len(gate) != len(dets)) or not (gate >= 0).all():
+        raise ValueError(f"associate_sirens: max_bearing_err_rad must be >= 0, one value or one per detection "
+                         f"({len(dets)}), got {max_bearing_err_rad}")
     if not math.isfinite(bearing_rad):
         raise ValueError(f"associate_sirens: bearing_rad must be finite, got {bearing_rad}")
     if probability < threshold:
@@ -485,7 +494,9 @@ def associate_sirens(dets: Detections3D, stamp_ns: int, probability: float, bear
     vehicle_ids = [k for k, name in enumerate(dets.class_names) if name in VEHICLE_CLASSES]
     x, y = dets.boxes[:, 0].astype(np.float64), dets.boxes[:, 1].astype(np.float64)
     err = np.abs(_wrap(np.arctan2(y, x) - bearing_rad))
-    candidate = np.isin(dets.labels, vehicle_ids) & (err <= max_bearing_err_rad)
+    if not -1 <= prefer < len(dets):
+        raise ValueError(f"associate_sirens: prefer must be -1 or a detection index < {len(dets)}, got {prefer}")
+    candidate = np.isin(dets.labels, vehicle_ids) & (err <= gate)
     index = -1
     if candidate.any():
         best = err[candidate].min()
@@ -493,6 +504,8 @@ def associate_sirens(dets: Detections3D, stamp_ns: int, probability: float, bear
         # lexsort: last key is primary -> highest score first, then nearest range, then bearing error.
         order = np.lexsort((err[tied], np.hypot(x, y)[tied], -dets.scores[tied].astype(np.float64)))
         index = int(tied[order[0]])
+        if prefer >= 0 and candidate[prefer] and err[prefer] <= best + prefer_margin_rad:
+            index = prefer
     siren = dets.siren.copy()
     if index >= 0:
         siren[index] = True

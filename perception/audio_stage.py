@@ -29,10 +29,21 @@ from perception.decode import Detections3D
 from perception.sync import SyncedFrame
 
 # Moved back to where the sound left it, the siren vehicle's box is within about 2 degrees of the array's
-# bearing when its velocity is right, but the detector's lateral velocity is poor, so crossing vehicles
-# miss a tight gate. Measured with benchmarks/siren_attribute.py (4 drives, 204 siren-vehicle frames):
-# gate 5 deg: 54 % of frames attributed, 84 wrong attributions; 10 deg: 64 %, 167; 15 deg: 66 %, 189.
+# bearing when its velocity is right; the velocity comes from the tracker (the detection head's lateral
+# velocity is poor). Measured with benchmarks/siren_attribute.py before tracking (4 drives, 204
+# siren-vehicle frames): gate 5 deg: 54 % of frames attributed; 10 deg: 64 %; 15 deg: 66 %.
 BEARING_GATE_RAD = math.radians(15.0)
+# The array's bearing is averaged over DOA_WINDOW_S: a vehicle whose bearing sweeps fast (passing close
+# by) is within the gate widened by half the angle it sweeps in that window.
+# The vehicle that got the siren is tracked from frame to frame (its box moved on by its velocity relative
+# to the ego and found again within TRACK_GATE_M); it keeps the attribute against any vehicle less than
+# TRACK_MARGIN_RAD nearer in bearing (perception.audio.associate_sirens, ``prefer``).
+# A track starts only from a close match (a siren heard from afar, before its vehicle is detected, is
+# otherwise put on whichever vehicle is nearest in bearing, and the track would keep it there).
+TRACK_START_RAD = math.radians(3.0)
+TRACK_GATE_M = 3.0
+TRACK_MAX_GAP_S = 0.5
+TRACK_MARGIN_RAD = math.radians(5.0)
 
 
 class SirenStage:
@@ -59,6 +70,8 @@ class SirenStage:
         self._chunk_ns = 0  # duration of the newest chunk: the scored window ends that long after its stamp
         self._frames = 0
         self._estimate = None
+        # The vehicle the siren was last put on: (stamp_ns, x, y, vx, vy) with the velocity relative to the ego.
+        self._track: tuple[int, float, float, float, float] | None = None
         # One worker thread runs the detector (log-mel + CNN + SRP-PHAT); see the module docstring.
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="siren")
         self._pending: Future | None = None
@@ -121,14 +134,40 @@ class SirenStage:
         return Detections3D(dets.stamp_ns, boxes, dets.velocities, dets.scores, dets.labels, dets.siren,
                             dets.class_names, dets.siren_events)
 
+    def _tracked(self, frame: SyncedFrame, dets: Detections3D) -> int:
+        """Index of the detection that is the tracked siren vehicle (nearest to where its box moved on to,
+        within TRACK_GATE_M), or -1."""
+        if self._track is None or len(dets) == 0:
+            return -1
+        stamp_ns, x, y, vx, vy = self._track
+        dt = (frame.stamp_ns - stamp_ns) * 1e-9
+        if not 0.0 < dt <= TRACK_MAX_GAP_S:
+            return -1
+        d = np.hypot(dets.boxes[:, 0] - (x + vx * dt), dets.boxes[:, 1] - (y + vy * dt))
+        j = int(np.argmin(d))
+        return j if d[j] <= TRACK_GATE_M else -1
+
     def _associate(self, frame: SyncedFrame, dets: Detections3D) -> Detections3D:
         est = self._estimate
         if est is None or not math.isfinite(est.bearing_rad) or est.probability < self.threshold:
             return dets
         keep = np.flatnonzero(dets.scores >= self.min_score)
         heard = self._where_heard(dets[keep], frame)
-        sub = associate_sirens(heard, frame.stamp_ns, est.probability, est.bearing_rad, self.threshold,
-                               self.gate_rad)
+        ego_speed = frame.speed[-1].speed_mps if frame.speed else 0.0
+        x, y = heard.boxes[:, 0].astype(np.float64), heard.boxes[:, 1].astype(np.float64)
+        rel_v = heard.velocities.astype(np.float64) - np.array([ego_speed, 0.0])
+        turn_rate = np.abs(x * rel_v[:, 1] - y * rel_v[:, 0]) / np.maximum(x * x + y * y, 1.0)   # [rad/s]
+        gate = self.gate_rad + turn_rate * (DOA_WINDOW_S / 2)
+        tracked = self._tracked(frame, dets[keep])
+        sub = associate_sirens(heard, frame.stamp_ns, est.probability, est.bearing_rad, self.threshold, gate,
+                               tracked, TRACK_MARGIN_RAD)
+        chosen = sub.siren_events[-1].detection_index
+        self._track = None
+        if chosen >= 0 and (chosen == tracked or
+                            abs(_wrap_angle(math.atan2(y[chosen], x[chosen]) - est.bearing_rad)) <= TRACK_START_RAD):
+            j = keep[chosen]
+            self._track = (frame.stamp_ns, float(dets.boxes[j, 0]), float(dets.boxes[j, 1]),
+                           float(dets.velocities[j, 0]) - ego_speed, float(dets.velocities[j, 1]))
         siren = dets.siren.copy()
         siren[keep] = sub.siren
         events = tuple(e if e.detection_index < 0 else
@@ -136,3 +175,7 @@ class SirenStage:
                        for e in sub.siren_events)
         return Detections3D(dets.stamp_ns, dets.boxes, dets.velocities, dets.scores, dets.labels, siren,
                             dets.class_names, dets.siren_events + events)
+
+
+def _wrap_angle(a: float) -> float:
+    return (a + math.pi) % (2.0 * math.pi) - math.pi

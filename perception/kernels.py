@@ -83,8 +83,10 @@ def _pillarize_kernel(points, x_min, y_min, z_min, cell, z_size, nx, ny, cx, cy,
                       prev_filled):
     """Fill the outputs; return the pillar count.
 
-    Scratch: cell_to_pillar (n_cells,) int32 must be all -1 and cell_count (n_cells,) int32 all 0 on entry;
-    both are so again on exit (only the touched cells are reset); bx, by, bz (PILLAR_BLOCK,) float32 and
+    Scratch: cell_to_pillar (n_cells,) uint32 (read only where the count is non-zero) and cell_count
+    (n_cells,) uint32 must be all 0 on entry; both are so again on exit (only the touched cells are reset).
+    Unsigned, so the pillar and slot read from them index the output without numba's negative-index
+    wraparound (a few per cent of the kernel); bx, by, bz (PILLAR_BLOCK,) float32 and
     bc (PILLAR_BLOCK,) int32 are overwritten;
     dirty (P,) int32 holds, per pillar, how many leading rows of out_features may be non-zero on entry, and
     holds the same for the new contents on exit. Pillars from max(count, prev_filled) on are left as they
@@ -127,11 +129,11 @@ def _pillarize_kernel(points, x_min, y_min, z_min, cell, z_size, nx, ny, cx, cy,
                 if k == 0:
                     if n >= max_pillars:
                         continue
-                    cell_to_pillar[c] = n
+                    cell_to_pillar[c] = np.uint32(n)
                     out_index[n] = c
                     n += 1
                 p = cell_to_pillar[c]
-                cell_count[c] = k + 1
+                cell_count[c] = k + np.uint32(1)
                 i = b0 + j
                 if n_cols == 5:  # LiDAR rows, unrolled: a third faster than the loop
                     out_features[p, k, 0] = points[i, 0]
@@ -149,9 +151,9 @@ def _pillarize_kernel(points, x_min, y_min, z_min, cell, z_size, nx, ny, cx, cy,
         cnt = 0
         if p < n:
             c = out_index[p]
-            cell_to_pillar[c] = -1
+            cell_to_pillar[c] = np.uint32(0)
             cnt = cell_count[c]
-            cell_count[c] = 0
+            cell_count[c] = np.uint32(0)
             out_npoints[p] = cnt
             sx = 0.0
             sy = 0.0
@@ -214,8 +216,8 @@ class Pillarizer:
         self.index = np.full(max_pillars, grid.n_cells, np.int64)
         self.npoints = np.zeros(max_pillars, np.int32)
         self._consts = _grid_scalars(grid)
-        self._cell_to_pillar = np.full(grid.n_cells, -1, np.int32)
-        self._cell_count = np.zeros(grid.n_cells, np.int32)
+        self._cell_to_pillar = np.zeros(grid.n_cells, np.uint32)
+        self._cell_count = np.zeros(grid.n_cells, np.uint32)
         self._dirty = np.zeros(max_pillars, np.int32)
         self._block = _block_scratch()
         self._filled = max_pillars  # pillars the previous call may have filled (all, before the first call)
@@ -264,7 +266,7 @@ def pillarize(points: np.ndarray, grid: BevGrid, out_features: np.ndarray, out_i
     points = np.ascontiguousarray(points)
     p, m = out_features.shape[:2]
     return int(_pillarize_kernel(points, *_grid_scalars(grid), out_features, out_index, out_npoints,
-                                 np.full(grid.n_cells, -1, np.int32), np.zeros(grid.n_cells, np.int32),
+                                 np.zeros(grid.n_cells, np.uint32), np.zeros(grid.n_cells, np.uint32),
                                  np.full(p, m, np.int32), *_block_scratch(), p))
 
 

@@ -54,6 +54,8 @@ class PipelineConfig:
         lidar_sweeps: deskewed sweeps accumulated.
         score_threshold, top_k, max_detections: decoding.
         siren_threshold: siren probability above which a siren is reported.
+        tracking: velocity and heading of the detections from frame-to-frame tracks
+            (:mod:`perception.tracking`); false keeps the detection head's.
         deadline_ms: per-frame deadline from the frame's stamp (executor).
     """
 
@@ -76,6 +78,7 @@ class PipelineConfig:
     top_k: int = 300
     max_detections: int = 200
     siren_threshold: float = 0.5
+    tracking: bool = True
     deadline_ms: float = 100.0
 
     @staticmethod
@@ -102,10 +105,12 @@ class Pipeline:
         decoder: heatmap -> boxes.
         siren: optional audio stage ``(frame, dets) -> dets``.
         timer: stage timer (disabled: no cost).
+        tracker: optional :class:`perception.tracking.Tracker` (velocity and heading from tracks), run
+            before the siren stage, which moves boxes by their velocity.
     """
 
     def __init__(self, frontend: Frontend, net_cfg: NetworkConfig, camera_net, bev_net, cell_index: np.ndarray,
-                 decoder: Decoder, siren=None, timer: StageTimer | None = None):
+                 decoder: Decoder, siren=None, timer: StageTimer | None = None, tracker=None):
         from perception.kernels import BevPoolPlan, Pillarizer
 
         self.frontend = frontend
@@ -116,6 +121,8 @@ class Pipeline:
         self.decoder = decoder
         self.siren = siren
         self.timer = timer or StageTimer(False)
+        self.tracker = tracker
+        self._prev_stamp_ns: int | None = None
         c = net_cfg
         g = c.grid
         self._lidar_pillarizer = Pillarizer(g, LIDAR_POINT_COLUMNS, c.lidar_max_pillars, c.lidar_max_points)
@@ -155,16 +162,32 @@ class Pipeline:
         lap("bev_net")
         dets = self.decoder(out["heatmap"][0], out["regression"][0], frame.stamp_ns)
         lap("decode")
+        if self.tracker is not None:
+            dets = self.tracker(dets, self._motion_since_previous(frame.stamp_ns))
+            lap("track")
         if self.siren is not None:
             dets = self.siren(frame, dets)
             lap("siren")
         self.last_inputs = x
         return dets
 
+    def _motion_since_previous(self, stamp_ns: int):
+        """Ground-plane ego motion from the previous frame's ego frame into this one's, or None (first frame,
+        or the pose history does not cover both stamps)."""
+        from perception.tracking import planar_motion
+
+        prev, self._prev_stamp_ns = self._prev_stamp_ns, stamp_ns
+        if prev is None:
+            return None
+        try:
+            return planar_motion(*self.frontend.motion.relative(stamp_ns, prev))
+        except ValueError:
+            return None
+
     def warm_up(self) -> None:
         """Run every stateless stage once on empty inputs (kernel dispatch, network first-run set-up), so the
         first real frame runs at steady-state speed instead of missing its deadline. Leaves no state behind:
-        the frontend and the siren stage are not touched, and the next frame overwrites every buffer."""
+        the frontend, the tracks and the siren stage are not touched, and the next frame overwrites every buffer."""
         from perception.align import warm_up_kernels
 
         c = self.cfg
@@ -179,6 +202,8 @@ class Pipeline:
         self._pool_plan(self._depth, cam["features"], f["camera_bev"][0].reshape(c.camera_channels, -1))
         out = self.bev_net(f)
         self.decoder(out["heatmap"][0], out["regression"][0], 0)
+        if self.tracker is not None:
+            self.tracker.warm_up()
 
     def _pillars_full(self, stamp_ns: int) -> None:
         self.pillar_overflows += 1
@@ -295,7 +320,12 @@ def build_pipeline(config: PipelineConfig, rig: Rig, drop: frozenset[str] = froz
             and config.microphone_id not in drop:
         siren = build_siren_stage(config, rig)
         hashes["siren"] = checkpoint_hash(resolve_path(config.siren_checkpoint))
-    pipeline = Pipeline(frontend, net_cfg, cam, bev, cell_index, decoder, siren, StageTimer(timing))
+    tracker = None
+    if config.tracking:
+        from perception.tracking import Tracker
+
+        tracker = Tracker(net_cfg.class_names)
+    pipeline = Pipeline(frontend, net_cfg, cam, bev, cell_index, decoder, siren, StageTimer(timing), tracker)
     pipeline.warm_up()
     return pipeline, hashes
 

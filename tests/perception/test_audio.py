@@ -288,3 +288,63 @@ def test_association_survives_mask_indexing_of_the_detections():
     kept = out[out.scores > 0.5]
     assert kept.siren.tolist() == [True, False]
     assert kept.siren_events[0].detection_index == 0
+
+
+def test_the_tracked_siren_vehicle_keeps_the_attribute_within_the_margin():
+    # Two cars 2 degrees apart: the array's bearing is nearer the second, but the first was the siren vehicle
+    # a moment ago (its track found it again) and is within the margin, so it keeps the siren.
+    dets = frame([(30.0, 0.0), (30.0, 1.05)], ["car", "car"], [0.9, 0.9])
+    free = associate_sirens(dets, 1, 0.9, math.radians(1.5), 0.5, math.radians(10.0))
+    assert free.siren.tolist() == [False, True]
+    kept = associate_sirens(dets, 1, 0.9, math.radians(1.5), 0.5, math.radians(10.0), prefer=0,
+                            prefer_margin_rad=math.radians(5.0))
+    assert kept.siren.tolist() == [True, False] and kept.siren_events[0].detection_index == 0
+    # Beyond the margin the nearer bearing wins; outside the gate the tracked one is no candidate at all.
+    assert associate_sirens(dets, 1, 0.9, math.radians(1.5), 0.5, math.radians(10.0), prefer=0,
+                            prefer_margin_rad=math.radians(0.5)).siren.tolist() == [False, True]
+    assert associate_sirens(dets, 1, 0.9, math.radians(1.9), 0.5, np.radians([0.5, 10.0]), prefer=0,
+                            prefer_margin_rad=math.radians(5.0)).siren.tolist() == [False, True]
+
+
+def test_per_detection_gates_and_bad_preferences_are_checked():
+    dets = frame([(30.0, 5.0), (30.0, -5.0)], ["car", "car"], [0.9, 0.9])  # +-9.5 degrees
+    wide_second = associate_sirens(dets, 1, 0.9, 0.0, 0.5, np.radians([5.0, 12.0]))
+    assert wide_second.siren.tolist() == [False, True]
+    with pytest.raises(ValueError, match="one value or one per detection"):
+        associate_sirens(dets, 1, 0.9, 0.0, 0.5, np.radians([5.0, 12.0, 1.0]))
+    with pytest.raises(ValueError, match="max_bearing_err_rad must be >= 0"):
+        associate_sirens(dets, 1, 0.9, 0.0, 0.5, -0.1)
+    with pytest.raises(ValueError, match="prefer must be -1 or a detection index"):
+        associate_sirens(dets, 1, 0.9, 0.0, 0.5, 0.2, prefer=2)
+
+
+def test_siren_stage_tracks_the_vehicle_it_put_the_siren_on():
+    # Two parked cars 2 degrees apart, the ego standing still. The stage's association runs on a given
+    # estimate (what the worker thread would have produced from the audio).
+    from drivers.messages import VehicleSpeed
+    from perception.audio import SirenEstimate
+    from perception.audio_stage import SirenStage
+    from perception.sync import SyncedFrame
+
+    def synced(stamp_ns):
+        return SyncedFrame(stamp_ns, 0, {}, (), (VehicleSpeed("vehicle_speed", stamp_ns, 0, 0.0),), (), frozenset())
+
+    def attributed(stage, stamp_ns, bearing_deg, cars):
+        stage._estimate = SirenEstimate(stamp_ns - 100_000_000, 0.99, math.radians(bearing_deg), 1.0)
+        return stage._associate(synced(stamp_ns), frame(cars, ["car"] * len(cars), [0.9] * len(cars))).siren.tolist()
+
+    two = [(30.0, 0.0), (30.0, 1.05)]
+    stage = SirenStage(SirenDetector(lambda feeds: {"siren_prob": np.ones((1, 1), np.float32)}, FS, 4, rig_mics()),
+                       "mic_array", threshold=0.5)
+    assert attributed(stage, 1_000_000_000, 0.5, two) == [True, False]     # a close match starts a track
+    # The bearing drifts 1 degree nearer the second car: the tracked one keeps the siren ...
+    assert attributed(stage, 1_100_000_000, 1.5, two) == [True, False]
+    # ... which a stage without the track would have given to the other.
+    fresh = SirenStage(stage.detector, "mic_array", threshold=0.5)
+    assert attributed(fresh, 1_100_000_000, 1.5, two) == [False, True]
+    # A loose match (8 degrees off) is attributed but starts no track, so it is not kept against a better one.
+    loose = SirenStage(stage.detector, "mic_array", threshold=0.5)
+    assert attributed(loose, 1_000_000_000, 0.0, [(30.0, 4.2)]) == [True]
+    assert attributed(loose, 1_100_000_000, 0.0, [(30.0, 4.2), (30.0, -2.1)]) == [False, True]
+    # A track older than TRACK_MAX_GAP_S is dropped.
+    assert attributed(stage, 2_000_000_000, 1.5, two) == [False, True]

@@ -108,3 +108,19 @@ def test_cameras_decoded_at_network_scale_give_the_network_nearly_the_same_image
     assert full.shape == half.shape and full.any()
     # JPEG's own 1/2 downscaling against a full decode shrunk by area averaging: a grey level or so apart.
     assert np.abs(full.astype(int) - half.astype(int)).mean() < 1.5
+
+
+def test_tracking_changes_only_velocities_and_headings(frames, tmp_path):
+    rig, fs = frames
+    base = dataclasses.replace(PipelineConfig.load(ROOT / "configs" / "pipeline_default.yaml"),
+                               model_cache=str(tmp_path), siren_checkpoint=None)
+    assert base.tracking  # the default
+    tracked, a = _run(base, rig, fs)
+    head, b = _run(dataclasses.replace(base, tracking=False), rig, fs)
+    assert tracked.tracker is not None and head.tracker is None
+    for k, (da, db) in enumerate(zip(a, b)):
+        np.testing.assert_array_equal(da.boxes[:, :6], db.boxes[:, :6])
+        np.testing.assert_array_equal(da.scores, db.scores)
+        if k < 2:  # no track has its 3 updates yet: the head's velocities
+            np.testing.assert_array_equal(da.velocities, db.velocities)
+    assert not np.array_equal(a[-1].velocities, b[-1].velocities)
