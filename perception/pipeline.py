@@ -163,7 +163,7 @@ class Pipeline:
         dets = self.decoder(out["heatmap"][0], out["regression"][0], frame.stamp_ns)
         lap("decode")
         if self.tracker is not None:
-            dets = self.tracker(dets, self._motion_since_previous(frame.stamp_ns))
+            dets = self.tracker(dets, self._motion_since_previous(frame.stamp_ns), x.radar_points)
             lap("track")
         if self.siren is not None:
             dets = self.siren(frame, dets)

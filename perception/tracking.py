@@ -10,15 +10,16 @@ A track sees where the object actually went. Per frame:
    (CenterPoint's tracking scheme; gates as CenterPoint uses on nuScenes).
 3. Each matched track runs a Kalman update per axis on state (position, velocity) with two measurements:
    the detection's centre (POSITION_SIGMA_M, growing with range) and the head's velocity
-   (HEAD_VELOCITY_SIGMA_MPS). Unmatched detections start tracks at the head's velocity; tracks unmatched
-   for more than MAX_MISSES frames end.
+   (HEAD_VELOCITY_SIGMA_MPS). Then the radar: the median over-ground radial speed of the returns inside
+   the box is a measurement of the velocity along the ray to the box (RADAR_SIGMA_MPS). Unmatched
+   detections start tracks at the head's velocity; tracks unmatched for more than MAX_MISSES frames end.
 4. A detection on a track with at least MIN_HITS updates gets the track's velocity; when the object is a
    vehicle or bicycle moving faster than HEADING_MIN_SPEED_MPS and its velocity's heading is more than
    HEADING_OVERRIDE_RAD off the head's yaw (which is 0 or 180 degrees: right for traffic along the road,
    wrong for a turning or crossing object, or facing backwards), the yaw follows the velocity. Positions,
    sizes and scores are left as detected, so the detection metrics' matching (mAP) is unchanged.
 
-The step is one numba kernel (nogil, cached) over fixed-capacity track arrays, about 0.08 ms a frame
+The step is one numba kernel (nogil, cached) over fixed-capacity track arrays, about 0.1 ms a frame
 at 40 detections; :func:`track_step_reference` is its plain-numpy twin, and the tests require the two to
 agree bit for bit (same float64 operations in the same order).
 """
@@ -38,6 +39,12 @@ CLASS_GATE_M = {"car": 4.0, "truck": 4.0, "bus": 5.5, "trailer": 3.0, "pedestria
 # Detection centre noise: grows with range (fewer points on a far object).
 POSITION_SIGMA_M = 0.3
 POSITION_SIGMA_PER_M = 0.02
+# Radar: the median over-ground radial speed of the returns inside a box (footprint + RADAR_MARGIN_M) is a
+# measurement of the track velocity along the ray to the box centre. The ray from the ego origin stands in
+# for the radar's own (a few per cent apart at 10 m and beyond). Width chosen on the validation drives
+# (0.5, 1 and 2 m/s: mAVE 0.70, 0.63, 0.67).
+RADAR_SIGMA_MPS = 1.0
+RADAR_MARGIN_M = 0.5
 HEAD_VELOCITY_SIGMA_MPS = 4.0    # the head's velocity as a measurement: loose (its vy is near 0 whatever)
 ACCEL_SIGMA_MPS2 = 3.0           # process noise: unmodelled acceleration
 INITIAL_VELOCITY_SIGMA_MPS = 4.0
@@ -83,12 +90,13 @@ def _params(min_hits: int, max_misses: int) -> tuple:
     return (float(ACCEL_SIGMA_MPS2 ** 2), float(POSITION_SIGMA_M), float(POSITION_SIGMA_PER_M),
             float(HEAD_VELOCITY_SIGMA_MPS ** 2),
             float(INITIAL_VELOCITY_SIGMA_MPS ** 2), int(min_hits), int(max_misses), float(HEADING_MIN_SPEED_MPS),
-            float(HEADING_OVERRIDE_RAD))
+            float(HEADING_OVERRIDE_RAD), float(RADAR_SIGMA_MPS ** 2), float(RADAR_MARGIN_M))
 
 
 @nb.njit(nogil=True, cache=True, error_model="numpy")
-def _track_kernel(n, pos, vel, a, b, c, label, hits, misses, reset, dt, R, t, xy, v, labels, gate, heading,
-                  out_v, out_yaw, q, s0, s1, r2, p0c, min_hits, max_misses, min_speed, min_turn):
+def _track_kernel(n, pos, vel, a, b, c, label, hits, misses, reset, dt, R, t, xy, lwy, v, labels, radar, gate,
+                  heading, out_v, out_yaw, q, s0, s1, r2, p0c, min_hits, max_misses, min_speed, min_turn, sr2,
+                  margin):
     """One frame; returns the new track count. out_v (N, 2) float32 and out_yaw (N,) float32 hold the head's
     velocity and yaw on entry and the frame's output on exit."""
     cap = pos.shape[0]
@@ -161,6 +169,46 @@ def _track_kernel(n, pos, vel, a, b, c, label, hits, misses, reset, dt, R, t, xy
             c[k, ax] = -k21 * bb + (1 - k22) * cc
         hits[k] += 1
         misses[k] = 0
+    # 3b. radar Doppler: scalar update along the ray u to the box centre, z = u . v. The gain couples the axes;
+    # the per-axis covariance keeps only its own block (the cross-axis terms are dropped).
+    speeds = np.empty(radar.shape[0])
+    for i in range(n_det):
+        k = track_of[i]
+        if k < 0:
+            continue
+        cx = np.float64(xy[i, 0])
+        cy = np.float64(xy[i, 1])
+        cyaw = np.cos(np.float64(lwy[i, 2]))
+        syaw = np.sin(np.float64(lwy[i, 2]))
+        hl = np.float64(lwy[i, 0]) / 2 + margin
+        hw = np.float64(lwy[i, 1]) / 2 + margin
+        m_r = 0
+        for j in range(radar.shape[0]):
+            dx = np.float64(radar[j, 0]) - cx
+            dy = np.float64(radar[j, 1]) - cy
+            if abs(cyaw * dx + syaw * dy) <= hl and abs(-syaw * dx + cyaw * dy) <= hw:
+                rr = np.hypot(np.float64(radar[j, 0]), np.float64(radar[j, 1]))
+                if rr > 0:
+                    speeds[m_r] = (np.float64(radar[j, 3]) * radar[j, 0] + np.float64(radar[j, 4]) * radar[j, 1]) / rr
+                    m_r += 1
+        rc = np.hypot(cx, cy)
+        if m_r == 0 or rc <= 0:
+            continue
+        z = np.median(speeds[:m_r])
+        hx = cx / rc
+        hy = cy / rc
+        sv = hx * hx * c[k, 0] + hy * hy * c[k, 1] + sr2
+        e = z - (hx * vel[k, 0] + hy * vel[k, 1])
+        for ax in range(2):
+            h = hx if ax == 0 else hy
+            bb = b[k, ax]
+            cc = c[k, ax]
+            pos[k, ax] = pos[k, ax] + h * bb / sv * e
+            vel[k, ax] = vel[k, ax] + h * cc / sv * e
+            g = h * h / sv
+            a[k, ax] = a[k, ax] - g * bb * bb
+            b[k, ax] = bb - g * bb * cc
+            c[k, ax] = cc - g * cc * cc
     # 4. drop tracks missed too long (order kept), then start one per unmatched detection (detection order)
     renumber = np.full(n, -1, np.int64)
     m = 0
@@ -210,12 +258,13 @@ def _track_kernel(n, pos, vel, a, b, c, label, hits, misses, reset, dt, R, t, xy
 
 
 def track_step_reference(state: TrackState, reset: bool, dt: float, R: np.ndarray, t: np.ndarray, xy: np.ndarray,
-                         v: np.ndarray, labels: np.ndarray, gate: np.ndarray, heading: np.ndarray,
-                         out_v: np.ndarray, out_yaw: np.ndarray, min_hits: int = MIN_HITS,
+                         lwy: np.ndarray, v: np.ndarray, labels: np.ndarray, radar: np.ndarray, gate: np.ndarray,
+                         heading: np.ndarray, out_v: np.ndarray, out_yaw: np.ndarray, min_hits: int = MIN_HITS,
                          max_misses: int = MAX_MISSES) -> None:
-    """Plain-numpy twin of the numba step (same arguments as :meth:`Tracker.step`); updates ``state``,
-    ``out_v`` and ``out_yaw`` in place."""
-    q, s0, s1, r2, p0c, min_hits, max_misses, min_speed, min_turn = _params(min_hits, max_misses)
+    """Plain-numpy twin of the numba step: detections xy (N, 2), length width yaw (N, 3), head velocity
+    (N, 2) and labels; radar returns (R, 7) as :class:`perception.frontend.FrameInputs` has them. Updates
+    ``state``, ``out_v`` and ``out_yaw`` in place."""
+    q, s0, s1, r2, p0c, min_hits, max_misses, min_speed, min_turn, sr2, margin = _params(min_hits, max_misses)
     n = 0 if reset else state.n
     pos, vel, a, b, c = (x[:n].copy() for x in (state.pos, state.vel, state.a, state.b, state.c))
     label, hits, misses = state.label[:n].copy(), state.hits[:n].copy(), state.misses[:n].copy()
@@ -257,6 +306,32 @@ def track_step_reference(state: TrackState, reset: bool, dt: float, R: np.ndarra
         a[k], b[k], c[k] = (1 - k11) * aa - k12 * bb, (1 - k11) * bb - k12 * cc, -k21 * bb + (1 - k22) * cc
         hits[k] += 1
         misses[k] = 0
+    r64 = radar.astype(np.float64)
+    rr = np.hypot(r64[:, 0], r64[:, 1])
+    with np.errstate(invalid="ignore", divide="ignore"):
+        speed = (r64[:, 3] * r64[:, 0] + r64[:, 4] * r64[:, 1]) / rr
+    for i in np.flatnonzero(matched):
+        k_i = track_of[i]
+        cx, cy = xy64[i]
+        cyaw, syaw = np.cos(np.float64(lwy[i, 2])), np.sin(np.float64(lwy[i, 2]))
+        dx, dy = r64[:, 0] - cx, r64[:, 1] - cy
+        inside = ((np.abs(cyaw * dx + syaw * dy) <= np.float64(lwy[i, 0]) / 2 + margin)
+                  & (np.abs(-syaw * dx + cyaw * dy) <= np.float64(lwy[i, 1]) / 2 + margin) & (rr > 0))
+        rc = np.hypot(cx, cy)
+        if not inside.any() or rc <= 0:
+            continue
+        z = np.median(speed[inside])
+        hx, hy = cx / rc, cy / rc
+        sv = hx * hx * c[k_i, 0] + hy * hy * c[k_i, 1] + sr2
+        e = z - (hx * vel[k_i, 0] + hy * vel[k_i, 1])
+        for ax, h in ((0, hx), (1, hy)):
+            bb, cc = b[k_i, ax], c[k_i, ax]
+            pos[k_i, ax] = pos[k_i, ax] + h * bb / sv * e
+            vel[k_i, ax] = vel[k_i, ax] + h * cc / sv * e
+            g = h * h / sv
+            a[k_i, ax] = a[k_i, ax] - g * bb * bb
+            b[k_i, ax] = bb - g * bb * cc
+            c[k_i, ax] = cc - g * cc * cc
     keep = misses <= max_misses
     renumber = np.cumsum(keep) - 1
     track_of[matched] = renumber[k]
@@ -309,17 +384,20 @@ class Tracker:
         """Load (or compile) the kernel on a scratch state, so the first frame does not pay for it."""
         scratch = TrackState(capacity=1)
         empty = np.zeros((0, 2), np.float32)
-        _track_kernel(0, *scratch.arrays(), True, 0.1, np.eye(2), np.zeros(2), empty, empty.copy(),
-                      np.zeros(0, np.int32), self.gate, self.heading, empty.copy(), np.zeros(0, np.float32),
-                      *_params(self.min_hits, self.max_misses))
+        _track_kernel(0, *scratch.arrays(), True, 0.1, np.eye(2), np.zeros(2), empty, np.zeros((0, 3), np.float32),
+                      empty.copy(), np.zeros(0, np.int32), np.zeros((0, 7), np.float32), self.gate, self.heading,
+                      empty.copy(), np.zeros(0, np.float32), *_params(self.min_hits, self.max_misses))
 
-    def __call__(self, dets: Detections3D, motion: tuple[np.ndarray, np.ndarray] | None) -> Detections3D:
+    def __call__(self, dets: Detections3D, motion: tuple[np.ndarray, np.ndarray] | None,
+                 radar: np.ndarray | None = None) -> Detections3D:
         """Track one frame.
 
         Args:
             dets: the frame's detections (ego frame at ``dets.stamp_ns``), in stamp order frame after frame.
             motion: (R (2, 2), t (2,)) taking ego-frame points at the previous frame's stamp into this frame's
                 ego frame, or None when unknown (every track ends).
+            radar: the frame's radar returns (R, 7) float32 (``FrameInputs.radar_points``: x y z, over-ground
+                radial velocity vx vy, rcs, lag), or None.
         Returns:
             A new Detections3D: velocities and yaw from the tracks where they are established.
         """
@@ -328,12 +406,14 @@ class Tracker:
         reset = motion is None or not 0.0 < dt <= MAX_GAP_S
         R, t = (np.eye(2), np.zeros(2)) if motion is None else (np.asarray(motion[0], np.float64),
                                                                np.asarray(motion[1], np.float64))
+        radar = np.zeros((0, 7), np.float32) if radar is None else np.ascontiguousarray(radar, np.float32)
         vel = dets.velocities.copy()
         boxes = dets.boxes.copy()
         yaw = np.ascontiguousarray(boxes[:, 6])
         self.state.n = _track_kernel(self.state.n, *self.state.arrays(), reset, dt, R, t,
-                                     np.ascontiguousarray(boxes[:, :2]), vel.copy(), dets.labels, self.gate,
-                                     self.heading, vel, yaw, *_params(self.min_hits, self.max_misses))
+                                     np.ascontiguousarray(boxes[:, :2]), np.ascontiguousarray(boxes[:, [3, 4, 6]]),
+                                     vel.copy(), dets.labels, radar, self.gate, self.heading, vel, yaw,
+                                     *_params(self.min_hits, self.max_misses))
         boxes[:, 6] = yaw
         return Detections3D(dets.stamp_ns, boxes, vel, dets.scores, dets.labels, dets.siren, dets.class_names,
                             dets.siren_events)
