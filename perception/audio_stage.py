@@ -164,7 +164,8 @@ class SirenStage:
         chosen = sub.siren_events[-1].detection_index
         self._track = None
         if chosen >= 0 and (chosen == tracked or
-                            abs(_wrap_angle(math.atan2(y[chosen], x[chosen]) - est.bearing_rad)) <= TRACK_START_RAD):
+                            abs(math.remainder(math.atan2(y[chosen], x[chosen]) - est.bearing_rad, 2 * math.pi))
+                            <= TRACK_START_RAD):
             j = keep[chosen]
             self._track = (frame.stamp_ns, float(dets.boxes[j, 0]), float(dets.boxes[j, 1]),
                            float(dets.velocities[j, 0]) - ego_speed, float(dets.velocities[j, 1]))
@@ -175,7 +176,3 @@ class SirenStage:
                        for e in sub.siren_events)
         return Detections3D(dets.stamp_ns, dets.boxes, dets.velocities, dets.scores, dets.labels, siren,
                             dets.class_names, dets.siren_events + events)
-
-
-def _wrap_angle(a: float) -> float:
-    return (a + math.pi) % (2.0 * math.pi) - math.pi

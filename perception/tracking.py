@@ -78,13 +78,6 @@ class TrackState:
     def arrays(self) -> tuple:
         return self.pos, self.vel, self.a, self.b, self.c, self.label, self.hits, self.misses
 
-    def copy(self) -> "TrackState":
-        out = TrackState(len(self.label))
-        out.n = self.n
-        for dst, src in zip(out.arrays(), self.arrays()):
-            dst[:] = src
-        return out
-
 
 def _params(min_hits: int, max_misses: int) -> tuple:
     return (float(ACCEL_SIGMA_MPS2 ** 2), float(POSITION_SIGMA_M), float(POSITION_SIGMA_PER_M),
