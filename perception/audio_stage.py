@@ -115,19 +115,18 @@ class SirenStage:
             self._pending = self._pool.submit(self.detector.detect)
         return out
 
-    def _where_heard(self, dets: Detections3D, frame: SyncedFrame) -> Detections3D:
+    def _where_heard(self, dets: Detections3D, frame: SyncedFrame, rel_v: np.ndarray) -> Detections3D:
         """The detections moved back to where they were when the sound the bearing was measured on left them.
 
         The bearing is the mean over the newest DOA_WINDOW_S of audio scored a frame or more ago, and sound
         takes range / 343 m/s to arrive: at 60 m, closing at 30 m/s, the vehicle has moved metres since. Each
         box goes back along its velocity relative to the ego (over-ground velocity minus the ego speed along
-        +x) by ``frame stamp - window centre + range / c``; the boxes keep their indices."""
+        +x; ``rel_v`` (N, 2) float64) by ``frame stamp - window centre + range / c``; the boxes keep their
+        indices."""
         if len(dets) == 0:
             return dets
         window_mid_ns = self._estimate.stamp_ns + self._chunk_ns - int(DOA_WINDOW_S * 5e8)
-        ego_speed = frame.speed[-1].speed_mps if frame.speed else 0.0
         xy = dets.boxes[:, :2].astype(np.float64)
-        rel_v = dets.velocities.astype(np.float64) - np.array([ego_speed, 0.0])
         back_s = (frame.stamp_ns - window_mid_ns) * 1e-9 + np.hypot(xy[:, 0], xy[:, 1]) / SPEED_OF_SOUND_MPS
         boxes = dets.boxes.copy()
         boxes[:, :2] = (xy - rel_v * back_s[:, None]).astype(boxes.dtype)
@@ -152,10 +151,10 @@ class SirenStage:
         if est is None or not math.isfinite(est.bearing_rad) or est.probability < self.threshold:
             return dets
         keep = np.flatnonzero(dets.scores >= self.min_score)
-        heard = self._where_heard(dets[keep], frame)
         ego_speed = frame.speed[-1].speed_mps if frame.speed else 0.0
+        rel_v = dets.velocities[keep].astype(np.float64) - np.array([ego_speed, 0.0])
+        heard = self._where_heard(dets[keep], frame, rel_v)
         x, y = heard.boxes[:, 0].astype(np.float64), heard.boxes[:, 1].astype(np.float64)
-        rel_v = heard.velocities.astype(np.float64) - np.array([ego_speed, 0.0])
         turn_rate = np.abs(x * rel_v[:, 1] - y * rel_v[:, 0]) / np.maximum(x * x + y * y, 1.0)   # [rad/s]
         gate = self.gate_rad + turn_rate * (DOA_WINDOW_S / 2)
         tracked = self._tracked(frame, dets[keep])

@@ -303,28 +303,29 @@ def track_step_reference(state: TrackState, reset: bool, dt: float, R: np.ndarra
     rr = np.hypot(r64[:, 0], r64[:, 1])
     with np.errstate(invalid="ignore", divide="ignore"):
         speed = (r64[:, 3] * r64[:, 0] + r64[:, 4] * r64[:, 1]) / rr
+    # Radar: the median radial speed inside each matched box, then one vectorised update of those tracks.
+    with_radar, z = [], []
     for i in np.flatnonzero(matched):
-        k_i = track_of[i]
-        cx, cy = xy64[i]
         cyaw, syaw = np.cos(np.float64(lwy[i, 2])), np.sin(np.float64(lwy[i, 2]))
-        dx, dy = r64[:, 0] - cx, r64[:, 1] - cy
+        dx, dy = r64[:, 0] - xy64[i, 0], r64[:, 1] - xy64[i, 1]
         inside = ((np.abs(cyaw * dx + syaw * dy) <= np.float64(lwy[i, 0]) / 2 + margin)
                   & (np.abs(-syaw * dx + cyaw * dy) <= np.float64(lwy[i, 1]) / 2 + margin) & (rr > 0))
-        rc = np.hypot(cx, cy)
-        if not inside.any() or rc <= 0:
-            continue
-        z = np.median(speed[inside])
-        hx, hy = cx / rc, cy / rc
-        sv = hx * hx * c[k_i, 0] + hy * hy * c[k_i, 1] + sr2
-        e = z - (hx * vel[k_i, 0] + hy * vel[k_i, 1])
-        for ax, h in ((0, hx), (1, hy)):
-            bb, cc = b[k_i, ax], c[k_i, ax]
-            pos[k_i, ax] = pos[k_i, ax] + h * bb / sv * e
-            vel[k_i, ax] = vel[k_i, ax] + h * cc / sv * e
-            g = h * h / sv
-            a[k_i, ax] = a[k_i, ax] - g * bb * bb
-            b[k_i, ax] = bb - g * bb * cc
-            c[k_i, ax] = cc - g * cc * cc
+        if inside.any() and np.hypot(xy64[i, 0], xy64[i, 1]) > 0:
+            with_radar.append(i)
+            z.append(np.median(speed[inside]))
+    if with_radar:
+        i, kr = np.array(with_radar), track_of[with_radar]
+        rc = np.hypot(xy64[i, 0], xy64[i, 1])
+        h = xy64[i] / rc[:, None]                                   # (M, 2): the ray's x and y parts
+        bb, cc = b[kr], c[kr]
+        sv = h[:, 0] * h[:, 0] * cc[:, 0] + h[:, 1] * h[:, 1] * cc[:, 1] + sr2
+        e = np.array(z) - (h[:, 0] * vel[kr, 0] + h[:, 1] * vel[kr, 1])
+        pos[kr] = pos[kr] + h * bb / sv[:, None] * e[:, None]
+        vel[kr] = vel[kr] + h * cc / sv[:, None] * e[:, None]
+        g = h * h / sv[:, None]
+        a[kr] = a[kr] - g * bb * bb
+        b[kr] = bb - g * bb * cc
+        c[kr] = cc - g * cc * cc
     keep = misses <= max_misses
     renumber = np.cumsum(keep) - 1
     track_of[matched] = renumber[k]
