@@ -65,7 +65,10 @@ def main() -> int:
             cli(["simulate", "--out", str(rec), "--duration", str(args.duration), "--seed", str(seed),
                  "--weather", weathers[k % 4], "--lidar-columns", "900", "--quiet"])
         run = out / f"run_{seed}"
-        cli(["replay", str(rec), "--out", str(run), "--quiet"])
+        if (run / "detections.jsonl").exists():
+            (run / "detections.jsonl").unlink()  # never score an earlier run's output
+        if cli(["replay", str(rec), "--out", str(run), "--quiet"]) != 0:
+            raise SystemExit(f"replay of {rec} failed; see the error above")
         r = score_run(run)
         for key in total:
             total[key] += r[key]

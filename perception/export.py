@@ -111,7 +111,7 @@ def export_onnx(module, spec: NetworkSpec, path: str | os.PathLike, opset: int =
             program = torch.onnx.export(module, example, None, input_names=spec.input_names,
                                         output_names=spec.output_names, opset_version=opset, dynamo=True,
                                         optimize=True, verbose=False)
-            tmp = path.with_name(path.name + ".tmp")
+            tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")  # two processes may export at once
             program.save(tmp, external_data=False)
     except Exception as e:  # the exporter raises many types; one line naming the network is what helps
         raise ExportError(f"{spec.name}: torch.onnx.export failed: {type(e).__name__}: {_first_line(e)}") from e
@@ -337,7 +337,7 @@ def build_engine(onnx_path: str | os.PathLike, precision: str, cache_dir: str | 
         if serialized is None:
             raise ExportError(f"{onnx_path.name}: TensorRT {trt.__version__} failed to build a {precision} engine "
                               f"(see the TensorRT log above)")
-        tmp = engine_path.with_name(engine_path.name + ".tmp")
+        tmp = engine_path.with_name(f"{engine_path.name}.{os.getpid()}.tmp")
         with open(tmp, "wb") as f:
             f.write(serialized)
         os.replace(tmp, engine_path)

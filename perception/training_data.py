@@ -17,6 +17,7 @@ import dataclasses
 import hashlib
 import json
 import math
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -104,7 +105,7 @@ def simulate_drive(spec: DriveSpec, out_dir: Path) -> Path:
         radar_off.append(radar_off[-1] + len(fi.radar_points))
         gt_off.append(gt_off[-1] + len(gt))
     out_dir.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_suffix(".tmp.npz")
+    tmp = out.with_suffix(f".{os.getpid()}.tmp.npz")  # two runs may simulate the same drive at once
     np.savez(tmp, stamps=np.array(stamps, np.int64), images=np.stack(images),
              cam_present=np.stack(cam_present), lidar_present=np.array(lidar_present),
              radar_present=np.array(radar_present),
