@@ -457,19 +457,21 @@ def _wrap(angle: np.ndarray) -> np.ndarray:
 
 def associate_sirens(dets: Detections3D, stamp_ns: int, probability: float, bearing_rad: float,
                      threshold: float, max_bearing_err_rad: float | np.ndarray, prefer: int = -1,
-                     prefer_margin_rad: float = 0.0) -> Detections3D:
+                     prefer_margin_rad: float = 0.0, heard_bearing_rad: np.ndarray | None = None,
+                     rank_err_rad: np.ndarray | None = None) -> Detections3D:
     """Late fusion: attach a heard siren to the vehicle it comes from.
 
     When ``probability >= threshold``: among the car/truck detections whose bearing (``atan2(y, x)`` of
-    the box centre, ego frame) is within ``max_bearing_err_rad`` of ``bearing_rad``, the nearest in
-    bearing gets ``siren = True``; detections within ASSOCIATION_TIE_RAD of that best bearing count as a
-    tie (one vehicle behind another), broken by higher score, then by smaller range. A SirenEvent with
-    that detection's index is added; with no candidate the event is bearing-only (index -1). Below the
-    threshold ``dets`` is returned unchanged.
+    the box centre, ego frame, or ``heard_bearing_rad``) is within ``max_bearing_err_rad`` of
+    ``bearing_rad``, the one with the smallest error (the bearing error, or ``rank_err_rad``) gets
+    ``siren = True``; detections within ASSOCIATION_TIE_RAD of that best error count as a tie (one vehicle
+    behind another), broken by higher score, then by smaller range. A SirenEvent with that detection's index
+    is added; with no candidate the event is bearing-only (index -1). Below the threshold ``dets`` is
+    returned unchanged.
 
     ``prefer`` (a detection index, -1 for none) is the vehicle the siren was on a moment ago, found again by
-    the caller's track: while it is a candidate it keeps the attribute against any vehicle less than
-    ``prefer_margin_rad`` nearer in bearing (a second vehicle in nearly the same direction does not take it).
+    the caller's track: while it is a candidate it keeps the attribute against any vehicle whose error is
+    less than ``prefer_margin_rad`` smaller (a second vehicle in nearly the same direction does not take it).
 
     Args:
         dets: the frame's detections (ego frame at their stamp).
@@ -478,6 +480,10 @@ def associate_sirens(dets: Detections3D, stamp_ns: int, probability: float, bear
         threshold: probability needed to report a siren.
         max_bearing_err_rad: association gate [rad], one for all or one per detection (N,).
         prefer: index of the tracked siren vehicle or -1; prefer_margin_rad: its margin [rad].
+        heard_bearing_rad: (N,) the bearing each detection was heard from (e.g. where it was while the
+            scored sound left it), or None for the box centre's bearing.
+        rank_err_rad: (N,) the error candidates are ranked by (e.g. a bearing error accumulated over frames),
+            or None for the bearing error itself.
     Returns:
         A new Detections3D (same boxes; ``siren`` and ``siren_events`` updated).
     """
@@ -487,24 +493,30 @@ def associate_sirens(dets: Detections3D, stamp_ns: int, probability: float, bear
     if gate.ndim > 1 or (gate.ndim == 1 and len(gate) != len(dets)) or not (gate >= 0).all():
         raise ValueError(f"associate_sirens: max_bearing_err_rad must be >= 0, one value or one per detection "
                          f"({len(dets)}), got {max_bearing_err_rad}")
+    for name, arr in (("heard_bearing_rad", heard_bearing_rad), ("rank_err_rad", rank_err_rad)):
+        if arr is not None and np.shape(arr) != (len(dets),):
+            raise ValueError(f"associate_sirens: {name} must have one value per detection ({len(dets)}), "
+                             f"got shape {np.shape(arr)}")
     if not math.isfinite(bearing_rad):
         raise ValueError(f"associate_sirens: bearing_rad must be finite, got {bearing_rad}")
     if probability < threshold:
         return dets
     vehicle_ids = [k for k, name in enumerate(dets.class_names) if name in VEHICLE_CLASSES]
     x, y = dets.boxes[:, 0].astype(np.float64), dets.boxes[:, 1].astype(np.float64)
-    err = np.abs(_wrap(np.arctan2(y, x) - bearing_rad))
+    heard = np.arctan2(y, x) if heard_bearing_rad is None else np.asarray(heard_bearing_rad, np.float64)
+    err = np.abs(_wrap(heard - bearing_rad))
+    rank = err if rank_err_rad is None else np.asarray(rank_err_rad, np.float64)
     if not -1 <= prefer < len(dets):
         raise ValueError(f"associate_sirens: prefer must be -1 or a detection index < {len(dets)}, got {prefer}")
     candidate = np.isin(dets.labels, vehicle_ids) & (err <= gate)
     index = -1
     if candidate.any():
-        best = err[candidate].min()
-        tied = np.flatnonzero(candidate & (err <= best + ASSOCIATION_TIE_RAD))
-        # lexsort: last key is primary -> highest score first, then nearest range, then bearing error.
-        order = np.lexsort((err[tied], np.hypot(x, y)[tied], -dets.scores[tied].astype(np.float64)))
+        best = rank[candidate].min()
+        tied = np.flatnonzero(candidate & (rank <= best + ASSOCIATION_TIE_RAD))
+        # lexsort: last key is primary -> highest score first, then nearest range, then error.
+        order = np.lexsort((rank[tied], np.hypot(x, y)[tied], -dets.scores[tied].astype(np.float64)))
         index = int(tied[order[0]])
-        if prefer >= 0 and candidate[prefer] and err[prefer] <= best + prefer_margin_rad:
+        if prefer >= 0 and candidate[prefer] and rank[prefer] <= best + prefer_margin_rad:
             index = prefer
     siren = dets.siren.copy()
     if index >= 0:
@@ -514,4 +526,4 @@ def associate_sirens(dets: Detections3D, stamp_ns: int, probability: float, bear
         bearing = math.pi
     event = SirenEvent(int(stamp_ns), bearing, float(probability), index)
     return Detections3D(dets.stamp_ns, dets.boxes, dets.velocities, dets.scores, dets.labels, siren,
-                        dets.class_names, dets.siren_events + (event,))
+                        dets.class_names, dets.siren_events + (event,), dets.track_ids)

@@ -10,7 +10,7 @@ Scoring is off the frame's critical path: frame k's audio is scored in a worker 
 networks, between frames, and frame k+1 uses that estimate. The frame waits for the job only if it is not
 done yet (on an idle real-time pipeline it always is), and which estimate a frame uses never depends on
 timing, so replay stays deterministic. The price is one frame of audio lag (100 ms at 10 Hz), which the
-association undoes: each detection is moved back to where it was when the scored sound left it.
+association undoes: each vehicle is compared where it was when the scored sound left it (below).
 """
 
 from __future__ import annotations
@@ -23,27 +23,33 @@ import numpy as np
 
 from calibration.rig import Rig
 from drivers.messages import AudioChunk
-from perception.audio import (DOA_WINDOW_S, SPEED_OF_SOUND_MPS, SirenDetector, associate_sirens,
+from perception.audio import (DOA_WINDOW_S, SPEED_OF_SOUND_MPS, VEHICLE_CLASSES, SirenDetector, associate_sirens,
                               mic_positions_ego)
 from perception.decode import Detections3D
 from perception.sync import SyncedFrame
 
-# Moved back to where the sound left it, the siren vehicle's box is within about 2 degrees of the array's
-# bearing when its velocity is right; the velocity comes from the tracker (the detection head's lateral
-# velocity is poor). Measured with benchmarks/siren_attribute.py before tracking (4 drives, 204
-# siren-vehicle frames): gate 5 deg: 54 % of frames attributed; 10 deg: 64 %; 15 deg: 66 %.
+# A vehicle is compared with the array's bearing where it was while the scored sound left it: the bearing
+# comes from the newest DOA_WINDOW_S of audio scored a frame or more ago, and sound takes range / 343 m/s
+# to arrive. A tracked vehicle (the pipeline tracker's identities) has its bearings of the past HISTORY_S:
+# the arc they cover over that span (interpolated, extrapolated at most EXTRAPOLATE_S past the track's
+# first or last frame) is where the array's peak may fall. A vehicle passing close by sweeps tens of
+# degrees in the window, and the peak lands anywhere on the arc, not at its mean. A vehicle without that
+# history is moved back along its velocity relative to the ego, with an arc of its bearing rate times half
+# the window either side. The error is the distance from the array's bearing to the arc.
+# Gate measured with benchmarks/siren_attribute.py before tracking (4 drives, 204 siren-vehicle frames):
+# 5 deg: 54 % of frames attributed; 10 deg: 64 %; 15 deg: 66 %.
 BEARING_GATE_RAD = math.radians(15.0)
-# The array's bearing is averaged over DOA_WINDOW_S: a vehicle whose bearing sweeps fast (passing close
-# by) is within the gate widened by half the angle it sweeps in that window.
-# The vehicle that got the siren is tracked from frame to frame (its box moved on by its velocity relative
-# to the ego and found again within TRACK_GATE_M); it keeps the attribute against any vehicle less than
-# TRACK_MARGIN_RAD nearer in bearing (perception.audio.associate_sirens, ``prefer``).
-# A track starts only from a close match (a siren heard from afar, before its vehicle is detected, is
-# otherwise put on whichever vehicle is nearest in bearing, and the track would keep it there).
-TRACK_START_RAD = math.radians(3.0)
-TRACK_GATE_M = 3.0
-TRACK_MAX_GAP_S = 0.5
-TRACK_MARGIN_RAD = math.radians(5.0)
+HISTORY_S = 2.0
+EXTRAPOLATE_S = 0.3
+# Evidence over frames, per track: the exponentially weighted mean of the squared bearing error (capped at
+# RESIDUAL_CAP_RAD, weight SCORE_DECAY per frame on the past). The siren stays on its vehicle unless
+# another one's RMS error is OWNER_MARGIN_RAD smaller, so a second vehicle in nearly the same direction
+# does not take it, and a wrong first choice (the siren vehicle not yet detected) is given up once the
+# right one has been seen to match better. A siren unheard for OWNER_MAX_GAP_S frees its vehicle.
+SCORE_DECAY = 0.5
+RESIDUAL_CAP_RAD = math.radians(20.0)
+OWNER_MARGIN_RAD = math.radians(1.0)
+OWNER_MAX_GAP_S = 0.5
 
 
 class SirenStage:
@@ -70,8 +76,14 @@ class SirenStage:
         self._chunk_ns = 0  # duration of the newest chunk: the scored window ends that long after its stamp
         self._frames = 0
         self._estimate = None
-        # The vehicle the siren was last put on: (stamp_ns, x, y, vx, vy) with the velocity relative to the ego.
-        self._track: tuple[int, float, float, float, float] | None = None
+        # Per track identity: its bearings [(stamp_ns, bearing_rad)] over HISTORY_S, and its evidence
+        # (exponentially weighted mean squared bearing error [rad^2]).
+        self._seen: dict[int, list[tuple[int, float]]] = {}
+        self._score: dict[int, float] = {}
+        self._owner = -1          # the track the siren was last put on, and when
+        self._owner_ns = 0
+        self._last_frame_ns: int | None = None
+        self._frame_ns = 100_000_000   # frame period, from the stamps
         # One worker thread runs the detector (log-mel + CNN + SRP-PHAT); see the module docstring.
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="siren")
         self._pending: Future | None = None
@@ -107,6 +119,7 @@ class SirenStage:
         if self._pending is not None:
             self._estimate = self._pending.result()
             self._pending = None
+        self._remember(dets)
         out = self._associate(frame, dets)
         # The worker reads the ring buffer: push only once the previous job is collected (above).
         self._push(frame)
@@ -115,63 +128,105 @@ class SirenStage:
             self._pending = self._pool.submit(self.detector.detect)
         return out
 
-    def _where_heard(self, dets: Detections3D, frame: SyncedFrame, rel_v: np.ndarray) -> Detections3D:
-        """The detections moved back to where they were when the sound the bearing was measured on left them.
+    def _remember(self, dets: Detections3D) -> None:
+        """Keep every tracked vehicle's bearing, HISTORY_S back."""
+        if self._last_frame_ns is not None and dets.stamp_ns > self._last_frame_ns:
+            self._frame_ns = dets.stamp_ns - self._last_frame_ns
+        self._last_frame_ns = dets.stamp_ns
+        if dets.track_ids is None:
+            return
+        vehicles = {k for k, name in enumerate(dets.class_names) if name in VEHICLE_CLASSES}
+        for j in np.flatnonzero(dets.track_ids >= 0):
+            if int(dets.labels[j]) in vehicles:
+                bearing = math.atan2(float(dets.boxes[j, 1]), float(dets.boxes[j, 0]))
+                self._seen.setdefault(int(dets.track_ids[j]), []).append((dets.stamp_ns, bearing))
+        oldest = dets.stamp_ns - int(HISTORY_S * 1e9)
+        for tid in list(self._seen):
+            kept = [e for e in self._seen[tid] if e[0] >= oldest]
+            if kept:
+                self._seen[tid] = kept
+            else:
+                del self._seen[tid]
+                self._score.pop(tid, None)
 
-        The bearing is the mean over the newest DOA_WINDOW_S of audio scored a frame or more ago, and sound
-        takes range / 343 m/s to arrive: at 60 m, closing at 30 m/s, the vehicle has moved metres since. Each
-        box goes back along its velocity relative to the ego (over-ground velocity minus the ego speed along
-        +x; ``rel_v`` (N, 2) float64) by ``frame stamp - window centre + range / c``; the boxes keep their
-        indices."""
-        if len(dets) == 0:
-            return dets
-        window_mid_ns = self._estimate.stamp_ns + self._chunk_ns - int(DOA_WINDOW_S * 5e8)
-        xy = dets.boxes[:, :2].astype(np.float64)
-        back_s = (frame.stamp_ns - window_mid_ns) * 1e-9 + np.hypot(xy[:, 0], xy[:, 1]) / SPEED_OF_SOUND_MPS
-        boxes = dets.boxes.copy()
-        boxes[:, :2] = (xy - rel_v * back_s[:, None]).astype(boxes.dtype)
-        return Detections3D(dets.stamp_ns, boxes, dets.velocities, dets.scores, dets.labels, dets.siren,
-                            dets.class_names, dets.siren_events)
+    def _heard(self, dets: Detections3D, frame: SyncedFrame, rel_v: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Per detection, the arc of bearings it was heard from while the scored sound left it: its centre
+        and half-width [rad].
 
-    def _tracked(self, frame: SyncedFrame, dets: Detections3D) -> int:
-        """Index of the detection that is the tracked siren vehicle (nearest to where its box moved on to,
-        within TRACK_GATE_M), or -1."""
-        if self._track is None or len(dets) == 0:
-            return -1
-        stamp_ns, x, y, vx, vy = self._track
-        dt = (frame.stamp_ns - stamp_ns) * 1e-9
-        if not 0.0 < dt <= TRACK_MAX_GAP_S:
-            return -1
-        d = np.hypot(dets.boxes[:, 0] - (x + vx * dt), dets.boxes[:, 1] - (y + vy * dt))
-        j = int(np.argmin(d))
-        return j if d[j] <= TRACK_GATE_M else -1
+        The scored window is [end - DOA_WINDOW_S, end]; sound heard at time s left a vehicle at range r at
+        s - r / c. A track seen in at least two frames gets the arc its bearings cover over that span
+        (inside it, and at its ends interpolated or extrapolated from the two nearest frames). Otherwise
+        the box goes back along its velocity relative to the ego (over-ground velocity minus the ego speed
+        along +x; ``rel_v`` (N, 2) float64) from the frame stamp to the window centre, and the arc is its
+        bearing rate times half the window either side."""
+        end_ns = self._estimate.stamp_ns + self._chunk_ns
+        x, y = dets.boxes[:, 0].astype(np.float64), dets.boxes[:, 1].astype(np.float64)
+        r = np.hypot(x, y)
+        back_s = (frame.stamp_ns - end_ns) * 1e-9 + DOA_WINDOW_S / 2 + r / SPEED_OF_SOUND_MPS
+        hx, hy = x - rel_v[:, 0] * back_s, y - rel_v[:, 1] * back_s
+        centre = np.arctan2(hy, hx)
+        rate = np.abs(hx * rel_v[:, 1] - hy * rel_v[:, 0]) / np.maximum(hx * hx + hy * hy, 1.0)   # [rad/s]
+        half = rate * (DOA_WINDOW_S / 2)
+        if dets.track_ids is None:
+            return centre, half
+        for j, tid in enumerate(dets.track_ids.tolist()):
+            past = self._seen.get(tid)
+            if past is None or len(past) < 2:
+                continue
+            delay_ns = r[j] / SPEED_OF_SOUND_MPS * 1e9
+            lo = end_ns - DOA_WINDOW_S * 1e9 - delay_ns
+            hi = end_ns - delay_ns
+            t = np.array([e[0] for e in past], np.float64)
+            b = np.unwrap(np.array([e[1] for e in past]))
+            # the bearings inside the span, and at its ends (interpolated; extrapolated from the two
+            # nearest at most EXTRAPOLATE_S beyond the track's first or last frame)
+            ends = np.clip([lo, hi], t[0] - EXTRAPOLATE_S * 1e9, t[-1] + EXTRAPOLATE_S * 1e9)
+            at_ends = np.interp(ends, t, b)
+            for k, tk in enumerate(ends):
+                if tk < t[0]:
+                    at_ends[k] = b[0] + (b[1] - b[0]) / (t[1] - t[0]) * (tk - t[0])
+                elif tk > t[-1]:
+                    at_ends[k] = b[-1] + (b[-1] - b[-2]) / (t[-1] - t[-2]) * (tk - t[-1])
+            arc = np.concatenate([at_ends, b[(t > lo) & (t < hi)]])
+            centre[j] = (arc.max() + arc.min()) / 2
+            half[j] = (arc.max() - arc.min()) / 2
+        return centre, half
 
     def _associate(self, frame: SyncedFrame, dets: Detections3D) -> Detections3D:
         est = self._estimate
         if est is None or not math.isfinite(est.bearing_rad) or est.probability < self.threshold:
             return dets
         keep = np.flatnonzero(dets.scores >= self.min_score)
+        sub = dets[keep]
         ego_speed = frame.speed[-1].speed_mps if frame.speed else 0.0
-        rel_v = dets.velocities[keep].astype(np.float64) - np.array([ego_speed, 0.0])
-        heard = self._where_heard(dets[keep], frame, rel_v)
-        x, y = heard.boxes[:, 0].astype(np.float64), heard.boxes[:, 1].astype(np.float64)
-        turn_rate = np.abs(x * rel_v[:, 1] - y * rel_v[:, 0]) / np.maximum(x * x + y * y, 1.0)   # [rad/s]
-        gate = self.gate_rad + turn_rate * (DOA_WINDOW_S / 2)
-        tracked = self._tracked(frame, dets[keep])
-        sub = associate_sirens(heard, frame.stamp_ns, est.probability, est.bearing_rad, self.threshold, gate,
-                               tracked, TRACK_MARGIN_RAD)
-        chosen = sub.siren_events[-1].detection_index
-        self._track = None
-        if chosen >= 0 and (chosen == tracked or
-                            abs(math.remainder(math.atan2(y[chosen], x[chosen]) - est.bearing_rad, 2 * math.pi))
-                            <= TRACK_START_RAD):
-            j = keep[chosen]
-            self._track = (frame.stamp_ns, float(dets.boxes[j, 0]), float(dets.boxes[j, 1]),
-                           float(dets.velocities[j, 0]) - ego_speed, float(dets.velocities[j, 1]))
+        rel_v = sub.velocities.astype(np.float64) - np.array([ego_speed, 0.0])
+        centre, half = self._heard(sub, frame, rel_v)
+        # the point of each arc nearest the array's bearing, and the error left beyond the arc
+        dev = np.remainder(est.bearing_rad - centre + np.pi, 2 * np.pi) - np.pi
+        heard = centre + np.clip(dev, -half, half)
+        err = np.maximum(np.abs(dev) - half, 0.0)
+        # evidence per track, and the current owner's index in this frame
+        rank = err.copy()
+        prefer = -1
+        ids = sub.track_ids if sub.track_ids is not None else np.full(len(sub), -1, np.int64)
+        for j, tid in enumerate(ids.tolist()):
+            if tid < 0:
+                continue
+            e2 = min(err[j], RESIDUAL_CAP_RAD) ** 2
+            old = self._score.get(tid)
+            self._score[tid] = e2 if old is None else SCORE_DECAY * old + (1.0 - SCORE_DECAY) * e2
+            rank[j] = math.sqrt(self._score[tid])
+            if tid == self._owner and (frame.stamp_ns - self._owner_ns) * 1e-9 <= OWNER_MAX_GAP_S:
+                prefer = j
+        out = associate_sirens(sub, frame.stamp_ns, est.probability, est.bearing_rad, self.threshold,
+                               self.gate_rad, prefer, OWNER_MARGIN_RAD, heard, rank)
+        chosen = out.siren_events[-1].detection_index
+        if chosen >= 0 and ids[chosen] >= 0:
+            self._owner, self._owner_ns = int(ids[chosen]), frame.stamp_ns
         siren = dets.siren.copy()
-        siren[keep] = sub.siren
+        siren[keep] = out.siren
         events = tuple(e if e.detection_index < 0 else
                        type(e)(e.stamp_ns, e.bearing_rad, e.probability, int(keep[e.detection_index]))
-                       for e in sub.siren_events)
+                       for e in out.siren_events[len(sub.siren_events):])
         return Detections3D(dets.stamp_ns, dets.boxes, dets.velocities, dets.scores, dets.labels, siren,
-                            dets.class_names, dets.siren_events + events)
+                            dets.class_names, dets.siren_events + events, dets.track_ids)

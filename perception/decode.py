@@ -46,6 +46,7 @@ class Detections3D:
         siren: (N,) bool, a siren heard from this vehicle's direction (late audio fusion).
         class_names: names for ``labels``.
         siren_events: sirens heard in this frame (associated or bearing-only).
+        track_ids: (N,) int64 track identity from the tracker (-1: none), or None before tracking.
     """
 
     stamp_ns: int
@@ -56,6 +57,7 @@ class Detections3D:
     siren: np.ndarray
     class_names: tuple[str, ...] = CLASS_NAMES
     siren_events: tuple[SirenEvent, ...] = field(default=())
+    track_ids: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         n = len(self.boxes)
@@ -64,6 +66,8 @@ class Detections3D:
             got = getattr(self, name).shape
             if got != want:
                 raise ValueError(f"Detections3D.{name}: shape {got}, expected {want}")
+        if self.track_ids is not None and self.track_ids.shape != (n,):
+            raise ValueError(f"Detections3D.track_ids: shape {self.track_ids.shape}, expected {(n,)}")
 
     def __len__(self) -> int:
         return len(self.boxes)
@@ -76,7 +80,8 @@ class Detections3D:
         events = tuple(SirenEvent(e.stamp_ns, e.bearing_rad, e.probability, remap.get(e.detection_index, -1))
                        for e in self.siren_events)
         return Detections3D(self.stamp_ns, self.boxes[idx], self.velocities[idx], self.scores[idx],
-                            self.labels[idx], self.siren[idx], self.class_names, events)
+                            self.labels[idx], self.siren[idx], self.class_names, events,
+                            None if self.track_ids is None else self.track_ids[idx])
 
     @staticmethod
     def empty(stamp_ns: int, class_names: tuple[str, ...] = CLASS_NAMES) -> "Detections3D":

@@ -105,8 +105,8 @@ class Pipeline:
         decoder: heatmap -> boxes.
         siren: optional audio stage ``(frame, dets) -> dets``.
         timer: stage timer (disabled: no cost).
-        tracker: optional :class:`perception.tracking.Tracker` (velocity and heading from tracks), run
-            before the siren stage, which moves boxes by their velocity.
+        tracker: optional :class:`perception.tracking.Tracker` (velocity, heading and track identities),
+            run before the siren stage, which follows each vehicle by its track identity.
     """
 
     def __init__(self, frontend: Frontend, net_cfg: NetworkConfig, camera_net, bev_net, cell_index: np.ndarray,

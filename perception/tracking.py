@@ -17,7 +17,8 @@ A track sees where the object actually went. Per frame:
    vehicle or bicycle moving faster than HEADING_MIN_SPEED_MPS and its velocity's heading is more than
    HEADING_OVERRIDE_RAD off the head's yaw (which is 0 or 180 degrees: right for traffic along the road,
    wrong for a turning or crossing object, or facing backwards), the yaw follows the velocity. Positions,
-   sizes and scores are left as detected, so the detection metrics' matching (mAP) is unchanged.
+   sizes and scores are left as detected, so the detection metrics' matching (mAP) is unchanged. Every
+   detection also gets its track's identity (``Detections3D.track_ids``), which the siren stage follows.
 
 The step is one numba kernel (nogil, cached) over fixed-capacity track arrays, about 0.1 ms a frame
 at 40 detections; :func:`track_step_reference` is its plain-numpy twin, and the tests require the two to
@@ -62,7 +63,8 @@ MAX_TRACKS = 1024                # capacity; new tracks beyond it are not starte
 class TrackState:
     """The tracks, in fixed-capacity arrays; rows [0, n) are live. Per track and axis (x, y of the current
     ego frame): position ``pos``, velocity ``vel`` and the covariance [[a, b], [b, c]] of (position,
-    velocity); ``label``, ``hits`` (updates so far) and ``misses`` (frames since the last update)."""
+    velocity); ``label``, ``hits`` (updates so far), ``misses`` (frames since the last update) and ``ident``
+    (the track's identity: unique for the tracker's lifetime, from ``counter``)."""
 
     def __init__(self, capacity: int = MAX_TRACKS):
         self.n = 0
@@ -74,9 +76,11 @@ class TrackState:
         self.label = np.zeros(capacity, np.int32)
         self.hits = np.zeros(capacity, np.int32)
         self.misses = np.zeros(capacity, np.int32)
+        self.ident = np.zeros(capacity, np.int64)
+        self.counter = np.zeros(1, np.int64)  # the next track's identity
 
     def arrays(self) -> tuple:
-        return self.pos, self.vel, self.a, self.b, self.c, self.label, self.hits, self.misses
+        return self.pos, self.vel, self.a, self.b, self.c, self.label, self.hits, self.misses, self.ident
 
 
 def _params(min_hits: int, max_misses: int) -> tuple:
@@ -87,11 +91,12 @@ def _params(min_hits: int, max_misses: int) -> tuple:
 
 
 @nb.njit(nogil=True, cache=True, error_model="numpy")
-def _track_kernel(n, pos, vel, a, b, c, label, hits, misses, reset, dt, R, t, xy, lwy, v, labels, radar, gate,
-                  heading, out_v, out_yaw, q, s0, s1, r2, p0c, min_hits, max_misses, min_speed, min_turn, sr2,
-                  margin):
+def _track_kernel(n, pos, vel, a, b, c, label, hits, misses, ident, reset, dt, R, t, xy, lwy, v, labels, radar,
+                  gate, heading, out_v, out_yaw, out_id, counter, q, s0, s1, r2, p0c, min_hits, max_misses,
+                  min_speed, min_turn, sr2, margin):
     """One frame; returns the new track count. out_v (N, 2) float32 and out_yaw (N,) float32 hold the head's
-    velocity and yaw on entry and the frame's output on exit."""
+    velocity and yaw on entry and the frame's output on exit; out_id (N,) int64 gets each detection's track
+    identity (-1 where none could be started)."""
     cap = pos.shape[0]
     n_det = xy.shape[0]
     if reset:
@@ -217,6 +222,7 @@ def _track_kernel(n, pos, vel, a, b, c, label, hits, misses, reset, dt, R, t, xy
                 label[m] = label[k]
                 hits[m] = hits[k]
                 misses[m] = misses[k]
+                ident[m] = ident[k]
             m += 1
     for i in range(n_det):
         if track_of[i] >= 0:
@@ -233,11 +239,14 @@ def _track_kernel(n, pos, vel, a, b, c, label, hits, misses, reset, dt, R, t, xy
             label[m] = labels[i]
             hits[m] = 1
             misses[m] = 0
+            ident[m] = counter[0]
+            counter[0] += 1
             track_of[i] = m
             m += 1
     # 5. established tracks give the velocity, and a moving vehicle's yaw
     for i in range(n_det):
         k = track_of[i]
+        out_id[i] = -1 if k < 0 else ident[k]
         if k < 0 or hits[k] < min_hits:
             continue
         out_v[i, 0] = np.float32(vel[k, 0])
@@ -252,15 +261,16 @@ def _track_kernel(n, pos, vel, a, b, c, label, hits, misses, reset, dt, R, t, xy
 
 def track_step_reference(state: TrackState, reset: bool, dt: float, R: np.ndarray, t: np.ndarray, xy: np.ndarray,
                          lwy: np.ndarray, v: np.ndarray, labels: np.ndarray, radar: np.ndarray, gate: np.ndarray,
-                         heading: np.ndarray, out_v: np.ndarray, out_yaw: np.ndarray, min_hits: int = MIN_HITS,
-                         max_misses: int = MAX_MISSES) -> None:
+                         heading: np.ndarray, out_v: np.ndarray, out_yaw: np.ndarray, out_id: np.ndarray,
+                         min_hits: int = MIN_HITS, max_misses: int = MAX_MISSES) -> None:
     """Plain-numpy twin of the numba step: detections xy (N, 2), length width yaw (N, 3), head velocity
     (N, 2) and labels; radar returns (R, 7) as :class:`perception.frontend.FrameInputs` has them. Updates
-    ``state``, ``out_v`` and ``out_yaw`` in place."""
+    ``state``, ``out_v``, ``out_yaw`` and ``out_id`` in place."""
     q, s0, s1, r2, p0c, min_hits, max_misses, min_speed, min_turn, sr2, margin = _params(min_hits, max_misses)
     n = 0 if reset else state.n
     pos, vel, a, b, c = (x[:n].copy() for x in (state.pos, state.vel, state.a, state.b, state.c))
     label, hits, misses = state.label[:n].copy(), state.hits[:n].copy(), state.misses[:n].copy()
+    ident = state.ident[:n].copy()
     if n:
         a = a + 2.0 * dt * b + dt * dt * c + q * dt ** 4 / 4
         b = b + dt * c + q * dt ** 3 / 2
@@ -338,11 +348,14 @@ def track_step_reference(state: TrackState, reset: bool, dt: float, R: np.ndarra
             np.concatenate([b[keep], np.zeros((n_new, 2))]),
             np.concatenate([c[keep], np.full((n_new, 2), p0c)]), np.concatenate([label[keep], labels[new]]),
             np.concatenate([hits[keep], np.ones(n_new, np.int32)]),
-            np.concatenate([misses[keep], np.zeros(n_new, np.int32)]))
+            np.concatenate([misses[keep], np.zeros(n_new, np.int32)]),
+            np.concatenate([ident[keep], state.counter[0] + np.arange(n_new, dtype=np.int64)]))
+    state.counter[0] += n_new
     state.n = m + n_new
     for dst, src in zip(state.arrays(), cols):
         dst[: state.n] = src
     est = track_of >= 0
+    out_id[:] = np.where(est, state.ident[np.maximum(track_of, 0)], -1)
     est[est] = state.hits[track_of[est]] >= min_hits
     out_v[est] = state.vel[track_of[est]].astype(np.float32)
     speed = np.hypot(out_v[:, 0], out_v[:, 1])
@@ -380,7 +393,8 @@ class Tracker:
         empty = np.zeros((0, 2), np.float32)
         _track_kernel(0, *scratch.arrays(), True, 0.1, np.eye(2), np.zeros(2), empty, np.zeros((0, 3), np.float32),
                       empty.copy(), np.zeros(0, np.int32), np.zeros((0, 7), np.float32), self.gate, self.heading,
-                      empty.copy(), np.zeros(0, np.float32), *_params(self.min_hits, self.max_misses))
+                      empty.copy(), np.zeros(0, np.float32), np.zeros(0, np.int64), scratch.counter,
+                      *_params(self.min_hits, self.max_misses))
 
     def __call__(self, dets: Detections3D, motion: tuple[np.ndarray, np.ndarray] | None,
                  radar: np.ndarray | None = None) -> Detections3D:
@@ -393,7 +407,8 @@ class Tracker:
             radar: the frame's radar returns (R, 7) float32 (``FrameInputs.radar_points``: x y z, over-ground
                 radial velocity vx vy, rcs, lag), or None.
         Returns:
-            A new Detections3D: velocities and yaw from the tracks where they are established.
+            A new Detections3D: velocities and yaw from the tracks where they are established, and every
+            detection's track identity (``track_ids``).
         """
         dt = 0.0 if self._stamp_ns is None else (dets.stamp_ns - self._stamp_ns) * 1e-9
         self._stamp_ns = dets.stamp_ns
@@ -404,13 +419,14 @@ class Tracker:
         vel = dets.velocities.copy()
         boxes = dets.boxes.copy()
         yaw = np.ascontiguousarray(boxes[:, 6])
+        ids = np.empty(len(dets), np.int64)
         self.state.n = _track_kernel(self.state.n, *self.state.arrays(), reset, dt, R, t,
                                      np.ascontiguousarray(boxes[:, :2]), np.ascontiguousarray(boxes[:, [3, 4, 6]]),
-                                     vel.copy(), dets.labels, radar, self.gate, self.heading, vel, yaw,
-                                     *_params(self.min_hits, self.max_misses))
+                                     vel.copy(), dets.labels, radar, self.gate, self.heading, vel, yaw, ids,
+                                     self.state.counter, *_params(self.min_hits, self.max_misses))
         boxes[:, 6] = yaw
         return Detections3D(dets.stamp_ns, boxes, vel, dets.scores, dets.labels, dets.siren, dets.class_names,
-                            dets.siren_events)
+                            dets.siren_events, ids)
 
 
 def planar_motion(R: np.ndarray, t: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -318,33 +318,67 @@ def test_per_detection_gates_and_bad_preferences_are_checked():
         associate_sirens(dets, 1, 0.9, 0.0, 0.5, 0.2, prefer=2)
 
 
-def test_siren_stage_tracks_the_vehicle_it_put_the_siren_on():
-    # Two parked cars 2 degrees apart, the ego standing still. The stage's association runs on a given
-    # estimate (what the worker thread would have produced from the audio).
+def _siren_stage():
+    from perception.audio_stage import SirenStage
+
+    return SirenStage(SirenDetector(lambda feeds: {"siren_prob": np.ones((1, 1), np.float32)}, FS, 4, rig_mics()),
+                      "mic_array", threshold=0.5)
+
+
+def _attributed(stage, stamp_ns, bearing_deg, cars, ids):
+    """One frame through the stage (ego standing still), on a given estimate: what the worker thread would
+    have produced from the audio up to 100 ms before the frame."""
     from drivers.messages import VehicleSpeed
     from perception.audio import SirenEstimate
-    from perception.audio_stage import SirenStage
     from perception.sync import SyncedFrame
 
-    def synced(stamp_ns):
-        return SyncedFrame(stamp_ns, 0, {}, (), (VehicleSpeed("vehicle_speed", stamp_ns, 0, 0.0),), (), frozenset())
+    stage._estimate = SirenEstimate(stamp_ns - 100_000_000, 0.99, math.radians(bearing_deg), 1.0)
+    synced = SyncedFrame(stamp_ns, 0, {}, (), (VehicleSpeed("vehicle_speed", stamp_ns, 0, 0.0),), (), frozenset())
+    d = frame(cars, ["car"] * len(cars), [0.9] * len(cars))
+    d = Detections3D(stamp_ns, d.boxes, d.velocities, d.scores, d.labels, d.siren, d.class_names, (),
+                     np.asarray(ids, np.int64))
+    return stage(synced, d).siren.tolist()
 
-    def attributed(stage, stamp_ns, bearing_deg, cars):
-        stage._estimate = SirenEstimate(stamp_ns - 100_000_000, 0.99, math.radians(bearing_deg), 1.0)
-        return stage._associate(synced(stamp_ns), frame(cars, ["car"] * len(cars), [0.9] * len(cars))).siren.tolist()
 
+def test_siren_stage_keeps_the_siren_on_its_track():
+    # Two parked cars 2 degrees apart (tracks 7 and 8).
     two = [(30.0, 0.0), (30.0, 1.05)]
-    stage = SirenStage(SirenDetector(lambda feeds: {"siren_prob": np.ones((1, 1), np.float32)}, FS, 4, rig_mics()),
-                       "mic_array", threshold=0.5)
-    assert attributed(stage, 1_000_000_000, 0.5, two) == [True, False]     # a close match starts a track
-    # The bearing drifts 1 degree nearer the second car: the tracked one keeps the siren ...
-    assert attributed(stage, 1_100_000_000, 1.5, two) == [True, False]
-    # ... which a stage without the track would have given to the other.
-    fresh = SirenStage(stage.detector, "mic_array", threshold=0.5)
-    assert attributed(fresh, 1_100_000_000, 1.5, two) == [False, True]
-    # A loose match (8 degrees off) is attributed but starts no track, so it is not kept against a better one.
-    loose = SirenStage(stage.detector, "mic_array", threshold=0.5)
-    assert attributed(loose, 1_000_000_000, 0.0, [(30.0, 4.2)]) == [True]
-    assert attributed(loose, 1_100_000_000, 0.0, [(30.0, 4.2), (30.0, -2.1)]) == [False, True]
-    # A track older than TRACK_MAX_GAP_S is dropped.
-    assert attributed(stage, 2_000_000_000, 1.5, two) == [False, True]
+    stage, gap = _siren_stage(), _siren_stage()
+    for st in (stage, gap):
+        assert _attributed(st, 1_000_000_000, 0.5, two, [7, 8]) == [True, False]
+        # The bearing drifts 1 degree nearer the second car: the first keeps the siren (its error over the
+        # frames is not OWNER_MARGIN_RAD worse) ...
+        assert _attributed(st, 1_100_000_000, 1.5, two, [7, 8]) == [True, False]
+    # ... which a stage without that history would have given to the other.
+    assert _attributed(_siren_stage(), 1_100_000_000, 1.5, two, [7, 8]) == [False, True]
+    # Heard without a gap, the first car keeps it even 2.2 degrees off (0.2 from the second) ...
+    assert _attributed(stage, 1_200_000_000, 2.2, two, [7, 8]) == [True, False]
+    # ... but after a gap longer than OWNER_MAX_GAP_S it goes to the better match.
+    assert _attributed(gap, 2_000_000_000, 2.2, two, [7, 8]) == [False, True]
+
+
+def test_siren_stage_gives_up_a_wrong_first_choice():
+    # The siren vehicle (track 2, at 0 degrees) is not detected yet: the siren goes to the only car in the
+    # gate, 8 degrees off (track 1).
+    stage = _siren_stage()
+    far = (30.0, 30.0 * math.tan(math.radians(8.0)))
+    assert _attributed(stage, 1_000_000_000, 0.0, [far], [1]) == [True]
+    assert _attributed(stage, 1_100_000_000, 0.0, [far], [1]) == [True]
+    # Once detected, it matches better by more than the margin and takes the siren.
+    assert _attributed(stage, 1_200_000_000, 0.0, [far, (30.0, 0.3)], [1, 2]) == [False, True]
+
+
+def test_siren_stage_hears_a_passing_vehicle_where_it_was():
+    # Track 3 passes close by, its bearing sweeping from 10 to 90 degrees in 0.4 s; the array's bearing is
+    # the mean over its window (the sweep so far, 50 degrees at the end). A parked car sits at 57 degrees.
+    # Without the history the passing car (now at 90 degrees, 40 off) would be out of the gate and the
+    # parked one would get the siren.
+    stage = _siren_stage()
+    stage._chunk_ns = 100_000_000
+    parked = (20.0 * math.cos(math.radians(57.0)), 20.0 * math.sin(math.radians(57.0)))
+    sweep = (10.0, 30.0, 50.0, 70.0, 90.0)
+    for k, deg in enumerate(sweep):
+        passing = (8.0 * math.cos(math.radians(deg)), 8.0 * math.sin(math.radians(deg)))
+        heard = sum(sweep[: k + 1]) / (k + 1)
+        assert _attributed(stage, 1_000_000_000 + k * 100_000_000, heard, [passing, parked], [3, 4]) == [True, False]
+    assert _attributed(_siren_stage(), 1_400_000_000, 50.0, [passing, parked], [3, 4]) == [False, True]

@@ -98,10 +98,12 @@ def test_young_tracks_keep_the_head_and_gaps_or_unknown_motion_end_every_track()
     c = tracker(dets_at(200_000_000, [(11.0, 0.0)], [CAR], [(5.0, 1.0)]), eye)
     assert c.velocities[0].tolist() != [5.0, 1.0]                          # third update: the track's
     late = int(200_000_000 + (MAX_GAP_S + 0.1) * 1e9)
+    assert a.track_ids.tolist() == c.track_ids.tolist() == [0]                # one identity throughout
     d = tracker(dets_at(late, [(11.5, 0.0)], [CAR], [(5.0, 1.0)]), eye)
     assert d.velocities.tolist() == [[5.0, 1.0]] and len(tracker) == 1      # a new track
     e = tracker(dets_at(late + 100_000_000, [(12.0, 0.0)], [CAR], [(5.0, 1.0)]), None)
     assert e.velocities.tolist() == [[5.0, 1.0]] and len(tracker) == 1
+    assert d.track_ids.tolist() == [1] and e.track_ids.tolist() == [2]       # identities are never reused
 
 
 def test_association_keeps_classes_apart_and_takes_the_nearest_pair_first():
@@ -116,6 +118,7 @@ def test_association_keeps_classes_apart_and_takes_the_nearest_pair_first():
     out = t2(dets_at(100_000_000, [(12.0, 0.0), (10.2, 0.0)], [CAR, CAR]), eye)
     # (10.2 -> track at 10) is the nearest pair; 12 then takes the track at 13, moving at about -10 m/s.
     assert out.velocities[1, 0] > 0 and out.velocities[0, 0] < -1.0
+    assert out.track_ids.tolist() == [1, 0]
 
 
 def test_kernel_equals_the_numpy_reference_bit_for_bit():
@@ -150,19 +153,22 @@ def test_kernel_equals_the_numpy_reference_bit_for_bit():
         R, t = planar_motion(*_random_motion(rng))
         out = []
         for st, fn in ((kern, "kernel"), (ref, "reference")):
-            ov, oy = v.copy(), yaw.copy()
+            ov, oy, oi = v.copy(), yaw.copy(), np.empty(len(xy), np.int64)
             if fn == "kernel":
                 st.n = _track_kernel(st.n, *st.arrays(), reset, dt, R, t, xy, lwy, v.copy(), labels, radar, gate,
-                                     heading, ov, oy, *_params(3, 2))
+                                     heading, ov, oy, oi, st.counter, *_params(3, 2))
             else:
                 track_step_reference(st, reset, dt, R, t, xy, lwy, v.copy(), labels, radar, gate, heading, ov, oy,
-                                     3, 2)
-            out.append((ov, oy))
+                                     oi, 3, 2)
+            out.append((ov, oy, oi))
         assert kern.n == ref.n
         most = max(most, kern.n)
         for x, y in zip(kern.arrays(), ref.arrays()):
             assert np.array_equal(x[: kern.n], y[: ref.n])
         assert np.array_equal(out[0][0], out[1][0]) and np.array_equal(out[0][1], out[1][1])
+        assert np.array_equal(out[0][2], out[1][2]) and kern.counter[0] == ref.counter[0]
+        ids = out[0][2][out[0][2] >= 0]
+        assert len(np.unique(ids)) == len(ids)                     # one detection per track
     assert most == 80                                              # the capacity was reached
 
 
