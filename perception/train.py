@@ -56,6 +56,10 @@ class TrainConfig:
         lidar_channels, bev_channels, lidar_max_pillars: network sizes (``NetworkConfig``): the BEV
             backbone's cost grows with bev_channels squared, so they size the model to the frame budget.
         velocity_weight: L1 weight of the vx, vy regression (the other box terms weigh 1).
+        depth_weight: weight of the camera depth loss (BEVDepth's depth supervision): cross-entropy of the
+            camera network's depth distribution against the nearest LiDAR point in each feature cell, from
+            the frame's own points (used as a training target even when the LiDAR input is dropped);
+            0 trains the depth distribution through the detection loss alone.
         init_from: checkpoint whose weights start the run (same network sizes), e.g. the LiDAR-only
             baseline, so the fused model starts from a trained LiDAR path; None starts from random weights.
     """
@@ -84,6 +88,7 @@ class TrainConfig:
     bev_channels: int = 48
     lidar_max_pillars: int = 12000
     velocity_weight: float = 0.2
+    depth_weight: float = 0.0
     init_from: str | None = None
 
     def __post_init__(self) -> None:
@@ -162,18 +167,21 @@ class Batch:
     target_index: np.ndarray    # (B, O) int64
     target_regression: np.ndarray  # (B, O, 10)
     target_mask: np.ndarray     # (B, O)
+    depth_target: np.ndarray | None = None  # (B*Ncam, h, w) int64 depth bin, -1 where no target
 
 
 class SampleBuilder:
     """Turns a cached frame into one sample (pillarization by the runtime kernel, targets)."""
 
-    def __init__(self, net_cfg, modalities: tuple[str, ...], dropout: dict[str, float] | None, flip: bool):
+    def __init__(self, net_cfg, modalities: tuple[str, ...], dropout: dict[str, float] | None, flip: bool,
+                 depth: "DepthTargets | None" = None):
         from perception.kernels import Pillarizer  # noqa: F401  (fails early when the kernels are missing)
 
         self.cfg = net_cfg
         self.modalities = modalities
         self.dropout = dict(dropout or {})  # modality -> probability of dropping it per training sample
         self.flip = flip
+        self.depth = depth  # makes depth-bin targets for the camera network when set
 
     def build(self, drives, items, rng: np.random.Generator, train: bool) -> Batch:
         from perception.kernels import pillarize
@@ -191,6 +199,8 @@ class SampleBuilder:
         images = np.zeros((b, c.n_cameras, 3, c.image_height, c.image_width), np.float32)
         cam_present = np.zeros((b, c.n_cameras), np.float32)
         presence = np.zeros((b, 3), np.float32)
+        depth = (None if self.depth is None else
+                 np.full((b, c.n_cameras, c.feature_height, c.feature_width), -1, np.int64))
         targets = []
         for k, (d, i) in enumerate(items):
             drive = drives[d]
@@ -225,6 +235,10 @@ class SampleBuilder:
                 images[k] = img.transpose(0, 3, 1, 2) / np.float32(255.0)
                 cam_present[k] = drive.cam_present[i]
                 presence[k, 1] = 1
+                if depth is not None and drive.lidar_present[i]:
+                    dt = self.depth(drive.lidar_points(i))
+                    dt[drive.cam_present[i] == 0] = -1
+                    depth[k] = dt[:, :, ::-1] if flip else dt
             boxes, vel, labels, npts, _ = drive.gt(i)
             keep = npts > 0
             boxes, vel, labels = boxes[keep].copy(), vel[keep].copy(), labels[keep]
@@ -236,7 +250,61 @@ class SampleBuilder:
         return Batch(lp, li, rp, ri, images.reshape(b * c.n_cameras, 3, c.image_height, c.image_width),
                      cam_present, presence, np.stack([t.heatmap for t in targets]),
                      np.stack([t.index for t in targets]), np.stack([t.regression for t in targets]),
-                     np.stack([t.mask for t in targets]))
+                     np.stack([t.mask for t in targets]),
+                     None if depth is None else depth.reshape(b * c.n_cameras, c.feature_height, c.feature_width))
+
+
+class DepthTargets:
+    """Depth-bin targets of the camera network from LiDAR points (BEVDepth's depth supervision).
+
+    Each ego-frame point is projected into every camera; a feature cell's target is the depth bin (along the
+    optical axis, ``NetworkConfig.depth_centers``) of its nearest point, -1 where no point falls.
+    """
+
+    def __init__(self, net_cfg, cameras, ego_from_cameras):
+        self.cfg = net_cfg
+        self.cameras = list(cameras)
+        self.cam_from_ego = [T.inverse() for T in ego_from_cameras]
+
+    def __call__(self, points: np.ndarray) -> np.ndarray:
+        """points (N, >=3) ego frame -> (Ncam, h, w) int64."""
+        c = self.cfg
+        h, w, s = c.feature_height, c.feature_width, c.feature_stride
+        out = np.full((len(self.cameras), h * w), -1, np.int64)
+        xyz = np.asarray(points[:, :3], np.float32)
+        for k, (cam, T) in enumerate(zip(self.cameras, self.cam_from_ego)):
+            # depth first, on every point; the full transform and projection only for those in the bins
+            r = T.rotation.astype(np.float32)
+            bins = np.rint((xyz @ r[2] + np.float32(T.translation[2]) - c.depth_min) / c.depth_step)
+            near = (bins >= 0) & (bins < c.depth_bins)
+            p = xyz[near].astype(np.float64) @ T.rotation.T + T.translation
+            bins = bins[near].astype(np.int64)
+            uv, _ = cam.project(p)
+            ix = np.floor(((uv[:, 0] + 0.5) * c.image_scale) / s).astype(np.int64)
+            iy = np.floor(((uv[:, 1] + 0.5) * c.image_scale - c.crop_top) / s).astype(np.int64)
+            ok = (ix >= 0) & (ix < w) & (iy >= 0) & (iy < h)
+            cell, z, bins = iy[ok] * w + ix[ok], p[ok, 2], bins[ok]
+            order = np.lexsort((z, cell))            # by cell, nearest first
+            first = np.ones(len(order), bool)
+            first[1:] = cell[order][1:] != cell[order][:-1]
+            out[k, cell[order][first]] = bins[order][first]
+        return out.reshape(len(self.cameras), h, w)
+
+
+def depth_targets_for(net_cfg, rig=None) -> DepthTargets:
+    """Depth targets for the frontend's cameras on ``rig`` (default rig when None)."""
+    return DepthTargets(net_cfg, *_frontend_cameras(net_cfg, rig))
+
+
+def _frontend_cameras(net_cfg, rig=None) -> tuple[list, list]:
+    """(camera models, ego_from_camera transforms) of the frontend's cameras on ``rig`` (default rig when
+    None), in the network's camera order."""
+    from drivers.sim import default_rig
+    from perception.frontend import FrontendConfig
+
+    rig = rig or default_rig(net_cfg.n_cameras)
+    ids = FrontendConfig().camera_ids[: net_cfg.n_cameras]
+    return [rig[c].camera for c in ids], [rig.ego_from(c) for c in ids]
 
 
 # ---------------------------------------------------------------------------------------------- model
@@ -261,14 +329,25 @@ class Detector:
         self.bev.train(mode)
 
     def forward(self, batch: Batch):
+        """(heatmap, regression) of the BEV network."""
+        heat, reg, _ = self.forward_with_depth(batch)
+        return heat, reg
+
+    def forward_with_depth(self, batch: Batch):
+        """(heatmap, regression, camera depth distribution (B*Ncam, D, h, w) or None when no camera ran)."""
         import torch
 
         t = torch.from_numpy
-        return self.bev(t(batch.lidar_pillars), t(batch.lidar_index), t(batch.radar_pillars),
-                        t(batch.radar_index), self.camera_bev(batch), t(batch.presence))
+        cam_bev, depth = self.camera_bev_and_depth(batch)
+        heat, reg = self.bev(t(batch.lidar_pillars), t(batch.lidar_index), t(batch.radar_pillars),
+                             t(batch.radar_index), cam_bev, t(batch.presence))
+        return heat, reg, depth
 
     def camera_bev(self, batch: Batch):
         """(B, C, ny, nx) pooled camera features of the batch (lift-splat, present cameras only)."""
+        return self.camera_bev_and_depth(batch)[0]
+
+    def camera_bev_and_depth(self, batch: Batch):
         import torch
 
         from perception.models.networks import camera_bev_torch
@@ -278,10 +357,10 @@ class Detector:
         if not batch.presence[:, 1].any():
             # No camera in the whole batch: the BEV net zeroes camera features anyway (presence 0), so the
             # camera network's output cannot matter; skip it (LiDAR-only runs train ~2x faster).
-            return torch.zeros(len(batch.presence), c.camera_channels, c.grid.ny, c.grid.nx)
+            return torch.zeros(len(batch.presence), c.camera_channels, c.grid.ny, c.grid.nx), None
         depth, feats = self.camera(t(batch.images))
-        depth = depth * t(batch.camera_present).reshape(-1, 1, 1, 1)
-        return camera_bev_torch(depth, feats, self.cell_index, c.grid.n_cells, c.grid.ny, c.grid.nx)
+        masked = depth * t(batch.camera_present).reshape(-1, 1, 1, 1)
+        return camera_bev_torch(masked, feats, self.cell_index, c.grid.n_cells, c.grid.ny, c.grid.nx), depth
 
     def state_dict(self) -> dict:
         return {"camera": self.camera.state_dict(), "bev": self.bev.state_dict()}
@@ -315,6 +394,18 @@ def detection_loss(heat_pred, reg_pred, batch: Batch, velocity_weight: float = 0
     w = torch.tensor(CODE_WEIGHTS + (velocity_weight, velocity_weight))
     l1 = (torch.abs(pred - t(batch.target_regression)) * mask * w).sum() / mask.sum().clamp(min=1.0)
     return hm + 0.25 * l1, hm, l1
+
+
+def depth_loss(depth_pred, target: np.ndarray):
+    """Mean cross-entropy of the depth distribution (B*Ncam, D, h, w) at the cells with a target bin."""
+    import torch
+
+    tgt = torch.from_numpy(target)
+    valid = tgt >= 0
+    if not bool(valid.any()):
+        return depth_pred.sum() * 0.0
+    p = depth_pred.permute(0, 2, 3, 1)[valid]                       # (N, D)
+    return -torch.log(p.gather(1, tgt[valid].unsqueeze(1)).clamp(min=1e-6)).mean()
 
 
 # ---------------------------------------------------------------------------------------------- evaluation
@@ -416,13 +507,9 @@ def _init_weights(det: Detector, net_cfg, path: str | Path) -> None:
 
 def cell_index_for(net_cfg, rig=None) -> np.ndarray:
     """The frustum -> BEV cell geometry of the frontend's cameras on ``rig`` (default rig when None)."""
-    from drivers.sim import default_rig
-    from perception.frontend import FrontendConfig
     from perception.models.networks import frustum_cell_index
 
-    rig = rig or default_rig(net_cfg.n_cameras)
-    ids = FrontendConfig().camera_ids[: net_cfg.n_cameras]
-    return frustum_cell_index(net_cfg, [rig[c].camera for c in ids], [rig.ego_from(c) for c in ids])
+    return frustum_cell_index(net_cfg, *_frontend_cameras(net_cfg, rig))
 
 
 def train(cfg: TrainConfig, out_dir: str | Path, progress: bool = True) -> Path:
@@ -446,7 +533,8 @@ def train(cfg: TrainConfig, out_dir: str | Path, progress: bool = True) -> Path:
     drives = [Drive.load(p) for p in train_files]
     vals = [Drive.load(p) for p in val_files]
     det = Detector(net_cfg, cell_index_for(net_cfg))
-    builder = SampleBuilder(net_cfg, cfg.modalities, cfg.dropout_of(), cfg.flip)
+    depth = depth_targets_for(net_cfg) if cfg.depth_weight > 0 and "camera" in cfg.modalities else None
+    builder = SampleBuilder(net_cfg, cfg.modalities, cfg.dropout_of(), cfg.flip, depth)
     eval_builder = SampleBuilder(net_cfg, cfg.modalities, None, False)
     decoder = Decoder(net_cfg.head_grid, net_cfg.class_names, DecodeConfig())
     opt = torch.optim.AdamW(det.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
@@ -488,8 +576,12 @@ def train(cfg: TrainConfig, out_dir: str | Path, progress: bool = True) -> Path:
         for g in opt.param_groups:
             g["lr"] = _lr_at(step, cfg.steps, cfg.lr)
         det.train(True)
-        heat, reg = det.forward(batch)
+        heat, reg, depth_pred = det.forward_with_depth(batch)
         loss, hm, l1 = detection_loss(heat, reg, batch, cfg.velocity_weight)
+        dl = None
+        if depth_pred is not None and batch.depth_target is not None:
+            dl = depth_loss(depth_pred, batch.depth_target)
+            loss = loss + cfg.depth_weight * dl
         opt.zero_grad()
         loss.backward()
         torch.nn.utils.clip_grad_norm_(det.parameters(), 10.0)
@@ -497,7 +589,8 @@ def train(cfg: TrainConfig, out_dir: str | Path, progress: bool = True) -> Path:
         step += 1
         elapsed += time.perf_counter() - t0
         bar.update(1)
-        bar.set_postfix(loss=f"{loss.item():.3f}", hm=f"{hm.item():.3f}", reg=f"{l1.item():.3f}")
+        bar.set_postfix(loss=f"{loss.item():.3f}", hm=f"{hm.item():.3f}", reg=f"{l1.item():.3f}",
+                        **({} if dl is None else {"depth": f"{dl.item():.3f}"}))
         if step % cfg.val_every == 0 or step == cfg.steps:
             res = validate(det, vals, eval_builder, decoder)
             history.append({"step": step, "elapsed_s": round(elapsed, 1), "mAP": res.mean_ap, "NDS": res.nds,

@@ -93,3 +93,78 @@ def test_lidar_dropout_drops_the_lidar_alone_at_its_own_rate(tmp_path):
     assert builder.build([drive], [(0, frames[0])], rng, train=False).presence[0, 0] == 1.0
     with pytest.raises(ValueError, match="lidar_dropout"):
         dataclasses.replace(cfg, lidar_dropout=1.0)
+
+
+def test_depth_targets_put_the_nearest_point_of_a_feature_cell_in_its_depth_bin():
+    import numpy as np
+
+    from drivers.sim import default_rig
+    from perception.frontend import FrontendConfig
+    from perception.models.networks import NetworkConfig
+    from perception.train import depth_targets_for
+
+    cfg = NetworkConfig()
+    targets = depth_targets_for(cfg)
+    rig = default_rig(cfg.n_cameras)
+    front = FrontendConfig().camera_ids[0]
+    cam, ego_from_cam = rig[front].camera, rig.ego_from(front)
+    # Two points on the front camera's optical axis at 10 m and 20 m (the nearer one hides the other), one
+    # behind the camera (the rear camera's business) and one beyond the last bin: in the front camera only
+    # the 10 m one gives a target.
+    near = cfg.depth_min + 7 * cfg.depth_step                      # bin 7's centre, 10.4 m
+    axis = np.array([[0.0, 0.0, near], [0.0, 0.0, 20.0], [0.0, 0.0, -5.0], [0.0, 0.0, 200.0]])
+    pts = np.zeros((4, 5), np.float32)
+    pts[:, :3] = ego_from_cam.apply(axis)
+    out = targets(pts)
+    assert out.shape == (cfg.n_cameras, cfg.feature_height, cfg.feature_width)
+    u, v = cam.cx, cam.cy  # the principal point, in the feature cell the network sees it in
+    iy = int(((v + 0.5) * cfg.image_scale - cfg.crop_top) // cfg.feature_stride)
+    ix = int(((u + 0.5) * cfg.image_scale) // cfg.feature_stride)
+    assert out[0, iy, ix] == 7
+    assert (out[0] >= 0).sum() == 1
+    # The geometry agrees with the lift: that bin of that cell lands in the BEV cell of the point, or next to
+    # it (the feature cell's centre ray is a few pixels off the principal point).
+    from perception.train import cell_index_for
+
+    cell = int(cell_index_for(cfg)[0, out[0, iy, ix], iy, ix])
+    p = ego_from_cam.apply(axis[:1])[0]
+    g = cfg.grid
+    assert abs(cell % g.nx - int((p[0] - g.x_min) // g.cell)) <= 1
+    assert abs(cell // g.nx - int((p[1] - g.y_min) // g.cell)) <= 1
+
+
+def test_depth_supervised_training_runs_and_reports_the_depth_loss(tmp_path):
+    import numpy as np
+
+    from perception.models.networks import NetworkConfig
+    from perception.train import SampleBuilder, depth_loss, depth_targets_for, generate_drives, train_drives
+    from perception.training_data import Drive
+
+    cfg = dataclasses.replace(_tiny(tmp_path), depth_weight=1.0)
+    drive = Drive.load(generate_drives(train_drives(cfg), tmp_path / "cache", workers=1, progress=False)[0])
+    net_cfg = NetworkConfig(lidar_channels=cfg.lidar_channels, bev_channels=cfg.bev_channels,
+                            lidar_max_pillars=cfg.lidar_max_pillars)
+    i = next(k for k in range(len(drive)) if drive.lidar_present[k] and drive.cam_present[k].all())
+    # Flipped samples get the mirrored targets (the rig is mirror-symmetric).
+    plain = SampleBuilder(net_cfg, ("camera",), None, flip=False, depth=depth_targets_for(net_cfg))
+    a = plain.build([drive], [(0, i)], np.random.default_rng(0), train=False).depth_target
+    assert a.shape == (net_cfg.n_cameras, net_cfg.feature_height, net_cfg.feature_width)
+    assert (a >= 0).mean() > 0.2                      # the LiDAR covers a good part of both images
+    flip = SampleBuilder(net_cfg, ("camera",), None, flip=True, depth=depth_targets_for(net_cfg))
+    mirrored = 0
+    for seed in range(8):
+        b = flip.build([drive], [(0, i)], np.random.default_rng(seed), train=True).depth_target
+        assert np.array_equal(b, a) or np.array_equal(b, a[:, :, ::-1])
+        mirrored += not np.array_equal(b, a)
+    assert 0 < mirrored < 8
+    # A uniform depth distribution costs log(D); the right bin with probability 1 costs nothing.
+    d = net_cfg.depth_bins
+    uniform = torch.full((net_cfg.n_cameras, d, net_cfg.feature_height, net_cfg.feature_width), 1.0 / d)
+    assert float(depth_loss(uniform, a)) == pytest.approx(np.log(d), rel=1e-5)
+    exact = torch.zeros_like(uniform)
+    ok = a >= 0
+    exact.permute(0, 2, 3, 1)[torch.from_numpy(ok)] = torch.nn.functional.one_hot(
+        torch.from_numpy(a[ok]), d).float()
+    assert float(depth_loss(exact, a)) == pytest.approx(0.0, abs=1e-6)
+    ck = load_checkpoint_file(train(cfg, tmp_path / "run", progress=False))
+    assert json.loads(ck["train_config"])["depth_weight"] == 1.0
