@@ -336,7 +336,7 @@ def _attributed(stage, stamp_ns, bearing_deg, cars, ids):
     synced = SyncedFrame(stamp_ns, 0, {}, (), (VehicleSpeed("vehicle_speed", stamp_ns, 0, 0.0),), (), frozenset())
     d = frame(cars, ["car"] * len(cars), [0.9] * len(cars))
     d = Detections3D(stamp_ns, d.boxes, d.velocities, d.scores, d.labels, d.siren, d.class_names, (),
-                     np.asarray(ids, np.int64))
+                     None if ids is None else np.asarray(ids, np.int64))
     return stage(synced, d).siren.tolist()
 
 
@@ -382,3 +382,12 @@ def test_siren_stage_hears_a_passing_vehicle_where_it_was():
         heard = sum(sweep[: k + 1]) / (k + 1)
         assert _attributed(stage, 1_000_000_000 + k * 100_000_000, heard, [passing, parked], [3, 4]) == [True, False]
     assert _attributed(_siren_stage(), 1_400_000_000, 50.0, [passing, parked], [3, 4]) == [False, True]
+
+
+def test_siren_stage_without_tracking_matches_frame_by_frame():
+    # tracking: false in the pipeline config leaves no identities: each frame is matched on its own.
+    two = [(30.0, 0.0), (30.0, 1.05)]
+    stage = _siren_stage()
+    assert _attributed(stage, 1_000_000_000, 0.5, two, None) == [True, False]
+    assert _attributed(stage, 1_100_000_000, 1.5, two, None) == [False, True]
+    assert stage._seen == {} and stage._owner == -1
