@@ -23,8 +23,8 @@ import numpy as np
 
 from calibration.rig import Rig
 from drivers.messages import AudioChunk
-from perception.audio import (DOA_WINDOW_S, SPEED_OF_SOUND_MPS, VEHICLE_CLASSES, SirenDetector, associate_sirens,
-                              mic_positions_ego)
+from perception.audio import (DOA_WINDOW_S, SPEED_OF_SOUND_MPS, VEHICLE_CLASSES, SirenDetector, _wrap,
+                              associate_sirens, mic_positions_ego)
 from perception.decode import Detections3D
 from perception.sync import SyncedFrame
 
@@ -82,8 +82,6 @@ class SirenStage:
         self._score: dict[int, float] = {}
         self._owner = -1          # the track the siren was last put on, and when
         self._owner_ns = 0
-        self._last_frame_ns: int | None = None
-        self._frame_ns = 100_000_000   # frame period, from the stamps
         # One worker thread runs the detector (log-mel + CNN + SRP-PHAT); see the module docstring.
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="siren")
         self._pending: Future | None = None
@@ -130,9 +128,6 @@ class SirenStage:
 
     def _remember(self, dets: Detections3D) -> None:
         """Keep every tracked vehicle's bearing, HISTORY_S back."""
-        if self._last_frame_ns is not None and dets.stamp_ns > self._last_frame_ns:
-            self._frame_ns = dets.stamp_ns - self._last_frame_ns
-        self._last_frame_ns = dets.stamp_ns
         if dets.track_ids is None:
             return
         vehicles = {k for k, name in enumerate(dets.class_names) if name in VEHICLE_CLASSES}
@@ -202,7 +197,7 @@ class SirenStage:
         rel_v = sub.velocities.astype(np.float64) - np.array([ego_speed, 0.0])
         centre, half = self._heard(sub, frame, rel_v)
         # the point of each arc nearest the array's bearing, and the error left beyond the arc
-        dev = np.remainder(est.bearing_rad - centre + np.pi, 2 * np.pi) - np.pi
+        dev = _wrap(est.bearing_rad - centre)
         heard = centre + np.clip(dev, -half, half)
         err = np.maximum(np.abs(dev) - half, 0.0)
         # evidence per track, and the current owner's index in this frame
