@@ -5,7 +5,8 @@ Data flow (one microphone array)::
 
     AudioChunk (C, S) ─▶ SirenDetector ring buffer (last WINDOW_S of every channel)
                           ├─ log_mel (power averaged over channels) ─▶ network "siren" ─▶ probability
-                          └─ doa_bearing (SRP-PHAT over the C(C-1)/2 pairs) ─▶ bearing, quality
+                          ├─ doa_bearing (SRP-PHAT over the C(C-1)/2 pairs) ─▶ bearing, quality
+                          └─ tonal_level_db (the same tonal bins) ─▶ level (the audio stage's range check)
     Detections3D + SirenEstimate ─▶ associate_sirens ─▶ Detections3D with ``siren`` set + SirenEvent
 
 Features (:func:`log_mel`): the network sees exactly one thing, the log-mel spectrogram of WINDOW_S of
@@ -273,6 +274,50 @@ def mic_positions_ego(ego_from_mic_array, mic_positions: np.ndarray) -> np.ndarr
     return ego_from_mic_array.apply(np.asarray(mic_positions, dtype=np.float64))
 
 
+def _tonal_bins(where: str, x: np.ndarray, sample_rate: int,
+                band_hz: tuple[float, float]) -> tuple[np.ndarray, np.ndarray, np.ndarray, float]:
+    """The siren's bins: 64 ms Hann frames at 50 % overlap, the band's spectra X (M, T, B), their
+    frequencies fb (B,), the tonal mask (T, B) (each frame's bins within DOA_PEAK_DB of its strongest bin
+    in the band, power averaged over the microphones) and ``n_fft * sum(w^2) / 2``, which turns a sum of
+    one-sided |X|^2 into the mean square of the frame's samples (Parseval)."""
+    n_fft = 1 << int(round(math.log2(DOA_FRAME_S * sample_rate)))
+    if x.shape[1] < n_fft:
+        raise ValueError(f"{where}: need at least {n_fft} samples ({DOA_FRAME_S * 1e3:.0f} ms), "
+                         f"got {x.shape[1]}")
+    f = np.fft.rfftfreq(n_fft, 1.0 / sample_rate)
+    band = (f >= band_hz[0]) & (f <= min(band_hz[1], 0.5 * sample_rate))
+    window = np.hanning(n_fft)
+    frames = np.lib.stride_tricks.sliding_window_view(x, n_fft, axis=1)[:, :: n_fft // 2]  # (M, T, n_fft)
+    X = np.fft.rfft(frames * window, axis=-1)[..., band]  # (M, T, B)
+    power = np.mean(np.abs(X) ** 2, axis=0)  # (T, B)
+    peak = power.max(axis=1, keepdims=True)
+    weight = (power >= peak * 10.0 ** (-DOA_PEAK_DB / 10.0)) & (peak > 0)  # the frame's tonal bins
+    return X, f[band], weight, 0.5 * n_fft * float(np.sum(window * window))
+
+
+def tonal_level_db(audio: np.ndarray, sample_rate: int, band_hz: tuple[float, float] = SIREN_BAND_HZ) -> float:
+    """Level of the dominant tonal source (the siren) [dB re full scale, mean square]: the power of the
+    bins :func:`doa_bearing` uses (each frame's tonal bins), summed per frame, averaged over frames and
+    microphones. A full-scale sine in the band reads -3 dB; the broadband floor between the harmonics is
+    left out, so road and wind noise add little while a siren is the loudest thing in the band.
+
+    Args:
+        audio: (M, N) float32 samples (M >= 1), N >= one 64 ms frame. sample_rate: [Hz].
+    Returns:
+        the level [dB]; -100 dB (POWER_FLOOR) for silence.
+    """
+    x = np.asarray(audio, dtype=np.float64)
+    if x.ndim != 2 or x.shape[0] < 1:
+        raise ValueError(f"tonal_level_db: audio must be (M, N) with M >= 1, got {x.shape}")
+    if int(sample_rate) != sample_rate or sample_rate <= 0:
+        raise ValueError(f"tonal_level_db: sample_rate must be a positive integer [Hz], got {sample_rate}")
+    if not np.all(np.isfinite(x)):
+        raise ValueError("tonal_level_db: audio has non-finite samples")
+    X, _, weight, parseval = _tonal_bins("tonal_level_db", x, sample_rate, band_hz)
+    tonal = np.where(weight[None], np.abs(X) ** 2, 0.0).sum(axis=2)  # (M, T)
+    return 10.0 * math.log10(max(float(tonal.mean()) / parseval, POWER_FLOOR))
+
+
 def doa_bearing(audio: np.ndarray, mic_positions: np.ndarray, sample_rate: int,
                 band_hz: tuple[float, float] = SIREN_BAND_HZ) -> tuple[float, float]:
     """Direction of arrival of the dominant tonal source (the siren) by SRP-PHAT (see module docstring).
@@ -296,21 +341,10 @@ def doa_bearing(audio: np.ndarray, mic_positions: np.ndarray, sample_rate: int,
         raise ValueError(f"doa_bearing: sample_rate must be a positive integer [Hz], got {sample_rate}")
     if not np.all(np.isfinite(x)):
         raise ValueError("doa_bearing: audio has non-finite samples")
-    n_fft = 1 << int(round(math.log2(DOA_FRAME_S * sample_rate)))
-    if x.shape[1] < n_fft:
-        raise ValueError(f"doa_bearing: need at least {n_fft} samples ({DOA_FRAME_S * 1e3:.0f} ms), "
-                         f"got {x.shape[1]}")
     baseline = np.linalg.norm(mics[:, None, :2] - mics[None, :, :2], axis=2).max()
     if baseline < 1e-3:
         raise ValueError("doa_bearing: the microphones must be spread in the horizontal plane (>= 1 mm)")
-    f = np.fft.rfftfreq(n_fft, 1.0 / sample_rate)
-    band = (f >= band_hz[0]) & (f <= min(band_hz[1], 0.5 * sample_rate))
-    frames = np.lib.stride_tricks.sliding_window_view(x, n_fft, axis=1)[:, :: n_fft // 2]  # (M, T, n_fft)
-    X = np.fft.rfft(frames * np.hanning(n_fft), axis=-1)[..., band]  # (M, T, B)
-    fb = f[band]
-    power = np.mean(np.abs(X) ** 2, axis=0)  # (T, B)
-    peak = power.max(axis=1, keepdims=True)
-    weight = (power >= peak * 10.0 ** (-DOA_PEAK_DB / 10.0)) & (peak > 0)  # the frame's tonal bins
+    X, fb, weight, _ = _tonal_bins("doa_bearing", x, sample_rate, band_hz)
     i, j = np.triu_indices(len(mics), k=1)
     cross = X[i] * np.conj(X[j])  # (P, T, B)
     cross = np.where(weight[None], cross / np.maximum(np.abs(cross), 1e-30), 0.0).sum(axis=1)  # (P, B)
@@ -351,12 +385,15 @@ class SirenEstimate:
         bearing_rad: direction of arrival in the ego frame, CCW from +x [rad] in (-pi, pi], from the
             newest DOA_WINDOW_S of the window; NaN when the detector has no microphone positions (mono use).
         quality: DOA quality in [0, 1] (see :func:`doa_bearing`); 0 without microphone positions.
+        level_db: the siren's level over the same newest DOA_WINDOW_S [dB re full scale, mean square]
+            (:func:`tonal_level_db`); NaN when unknown.
     """
 
     stamp_ns: int
     probability: float
     bearing_rad: float
     quality: float
+    level_db: float = float("nan")
 
 
 class SirenDetector:
@@ -438,11 +475,12 @@ class SirenDetector:
         if not self.ready or self._stamp_ns is None:
             return None
         prob = siren_probability(self.network, self._buffer, self.sample_rate)
-        if self.mic_positions is None:
-            return SirenEstimate(self._stamp_ns, prob, float("nan"), 0.0)
         recent = self._buffer[:, -int(round(DOA_WINDOW_S * self.sample_rate)):]
+        level = tonal_level_db(recent, self.sample_rate)
+        if self.mic_positions is None:
+            return SirenEstimate(self._stamp_ns, prob, float("nan"), 0.0, level)
         bearing, quality = doa_bearing(recent, self.mic_positions, self.sample_rate)
-        return SirenEstimate(self._stamp_ns, prob, bearing, quality)
+        return SirenEstimate(self._stamp_ns, prob, bearing, quality, level)
 
     def __call__(self, chunk: AudioChunk) -> SirenEstimate | None:
         """:meth:`push` then :meth:`detect`."""

@@ -54,6 +54,10 @@ class PipelineConfig:
         lidar_sweeps: deskewed sweeps accumulated.
         score_threshold, top_k, max_detections: decoding.
         siren_threshold: siren probability above which a siren is reported.
+        siren_level_at_1m_db: the siren's level at 1 m on the microphones' scale [dB re full scale, mean
+            square]: its SPL at 1 m minus the microphones' full-scale SPL. The siren stage gives the siren
+            only to a vehicle whose range agrees with the level heard (within siren_level_tolerance_db; see
+            :mod:`perception.audio_stage`); null switches that check off.
         tracking: velocity and heading of the detections from frame-to-frame tracks
             (:mod:`perception.tracking`); false keeps the detection head's.
         deadline_ms: per-frame deadline from the frame's stamp (executor).
@@ -78,6 +82,8 @@ class PipelineConfig:
     top_k: int = 300
     max_detections: int = 200
     siren_threshold: float = 0.5
+    siren_level_at_1m_db: Optional[float] = -12.0
+    siren_level_tolerance_db: float = 6.0
     tracking: bool = True
     deadline_ms: float = 100.0
 
@@ -335,4 +341,5 @@ def build_siren_stage(config: PipelineConfig, rig: Rig):
     from perception.audio_stage import SirenStage
 
     return SirenStage.from_checkpoint(resolve_path(config.siren_checkpoint), rig, config.microphone_id,
-                                      config.siren_threshold)
+                                      config.siren_threshold, level_at_1m_db=config.siren_level_at_1m_db,
+                                      level_tolerance_db=config.siren_level_tolerance_db)

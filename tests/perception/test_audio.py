@@ -24,6 +24,7 @@ from perception.audio import (
     log_mel,
     mic_positions_ego,
     resample,
+    tonal_level_db,
 )
 from perception.decode import Detections3D
 
@@ -155,6 +156,26 @@ def test_bearing_quality_drops_to_noise_without_a_siren():
     assert doa_bearing(noise, mics, FS)[1] < 0.2
     with pytest.raises(ValueError, match="mic_positions"):
         doa_bearing(noise, mics[:3], FS)
+
+
+def test_tonal_level_reads_a_tone_and_falls_off_as_one_over_range():
+    t = np.arange(int(DOA_WINDOW_S * FS)) / FS
+    sine = np.stack([np.sin(2 * np.pi * 1000.0 * t + k) for k in range(4)]).astype(np.float32)
+    assert tonal_level_db(sine, FS) == pytest.approx(-3.01, abs=0.02)  # full-scale sine: mean square 1/2
+    assert tonal_level_db(0.1 * sine, FS) == pytest.approx(-23.01, abs=0.02)
+    assert tonal_level_db(np.zeros((1, len(t)), np.float32), FS) == -100.0
+    # A wailing siren (fundamental + 2 harmonics; no noise of its own at 300 dB SNR) whose amplitude falls as
+    # 1/r, over the same white noise at every range (10 dB below the siren at 40 m): the level follows
+    # -20 log10(r).
+    rng = np.random.default_rng(5)
+    mics = rig_mics()
+    sirens = {r: array_recording(0.4, r, 1, 300.0, rng, mics) for r in (10.0, 20.0, 40.0)}
+    noise = (0.1 ** 0.5 * sirens[40.0].std() * rng.normal(size=sirens[40.0].shape)).astype(np.float32)
+    levels = {r: tonal_level_db(x + noise, FS) for r, x in sirens.items()}
+    assert levels[10.0] - levels[20.0] == pytest.approx(6.02, abs=1.0)
+    assert levels[20.0] - levels[40.0] == pytest.approx(6.02, abs=1.0)
+    with pytest.raises(ValueError, match="at least 1024 samples"):
+        tonal_level_db(sine[:, :500], FS)
 
 
 # ------------------------------------------------------------------------------------------- simulator
@@ -318,21 +339,21 @@ def test_per_detection_gates_and_bad_preferences_are_checked():
         associate_sirens(dets, 1, 0.9, 0.0, 0.5, 0.2, prefer=2)
 
 
-def _siren_stage():
+def _siren_stage(level_at_1m_db=None):
     from perception.audio_stage import SirenStage
 
     return SirenStage(SirenDetector(lambda feeds: {"siren_prob": np.ones((1, 1), np.float32)}, FS, 4, rig_mics()),
-                      "mic_array", threshold=0.5)
+                      "mic_array", threshold=0.5, level_at_1m_db=level_at_1m_db)
 
 
-def _attributed(stage, stamp_ns, bearing_deg, cars, ids):
+def _attributed(stage, stamp_ns, bearing_deg, cars, ids, level_db=float("nan")):
     """One frame through the stage (ego standing still), on a given estimate: what the worker thread would
     have produced from the audio up to 100 ms before the frame."""
     from drivers.messages import VehicleSpeed
     from perception.audio import SirenEstimate
     from perception.sync import SyncedFrame
 
-    stage._estimate = SirenEstimate(stamp_ns - 100_000_000, 0.99, math.radians(bearing_deg), 1.0)
+    stage._estimate = SirenEstimate(stamp_ns - 100_000_000, 0.99, math.radians(bearing_deg), 1.0, level_db)
     synced = SyncedFrame(stamp_ns, 0, {}, (), (VehicleSpeed("vehicle_speed", stamp_ns, 0, 0.0),), (), frozenset())
     d = frame(cars, ["car"] * len(cars), [0.9] * len(cars))
     d = Detections3D(stamp_ns, d.boxes, d.velocities, d.scores, d.labels, d.siren, d.class_names, (),
@@ -382,6 +403,35 @@ def test_siren_stage_hears_a_passing_vehicle_where_it_was():
         heard = sum(sweep[: k + 1]) / (k + 1)
         assert _attributed(stage, 1_000_000_000 + k * 100_000_000, heard, [passing, parked], [3, 4]) == [True, False]
     assert _attributed(_siren_stage(), 1_400_000_000, 50.0, [passing, parked], [3, 4]) == [False, True]
+
+
+def test_siren_stage_gives_the_siren_only_to_a_vehicle_at_the_range_its_level_says():
+    # Two parked cars in one direction, 15 m and 45 m away; the siren is heard at the level of a siren 45 m
+    # away (the siren's level at 1 m is -12 dB on the array's scale).
+    cars, ids = [(15.0, 0.0), (45.0, 0.0)], [1, 2]
+    at_45 = -12.0 - 20.0 * math.log10(45.0)
+    # Without the level the two tie on bearing and the nearer one gets the siren.
+    assert _attributed(_siren_stage(), 1_000_000_000, 0.0, cars, ids, at_45) == [True, False]
+    # With it, only the car 45 m away agrees with what was heard (the nearer one would be 9.5 dB louder).
+    assert _attributed(_siren_stage(-12.0), 1_000_000_000, 0.0, cars, ids, at_45) == [False, True]
+    # A siren 200 m away matches neither: a bearing-only event.
+    from drivers.messages import VehicleSpeed
+    from perception.audio import SirenEstimate
+    from perception.sync import SyncedFrame
+
+    stage = _siren_stage(-12.0)
+    stage._estimate = SirenEstimate(900_000_000, 0.99, 0.0, 1.0, -12.0 - 20.0 * math.log10(200.0))
+    d = frame(cars, ["car", "car"], [0.9, 0.9])
+    out = stage(SyncedFrame(1_000_000_000, 0, {}, (), (VehicleSpeed("vehicle_speed", 1_000_000_000, 0, 0.0),), (),
+                            frozenset()), d)
+    assert out.siren.tolist() == [False, False]
+    assert [e.detection_index for e in out.siren_events] == [-1]
+    # An estimate without a level (NaN) is matched on bearing alone.
+    assert _attributed(_siren_stage(-12.0), 1_000_000_000, 0.0, cars, ids) == [True, False]
+    with pytest.raises(ValueError, match="level_tolerance_db"):
+        from perception.audio_stage import SirenStage
+
+        SirenStage(None, "mic_array", 0.5, level_at_1m_db=-12.0, level_tolerance_db=0.0)
 
 
 def test_siren_stage_without_tracking_matches_frame_by_frame():
