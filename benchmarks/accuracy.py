@@ -5,7 +5,8 @@
         --camera-radar runs/camera_radar/model.pt --out runs/accuracy
 
 Test drives: seeds 9000-9007 (never used for training or validation), 10 s each, two per weather (clear,
-rain, fog, night), LiDAR at 1800 and 900 columns. They are simulated, synchronised and prepared by the
+rain, fog, night), LiDAR at 1800 and 900 columns; ``--drives 16`` adds seeds 9008-9015 in the same pattern
+(four per weather: two drives per weather cannot resolve a difference of a point between weathers). They are simulated, synchronised and prepared by the
 same code as training and replay (cached under .cache/sim_drives). Each (model, mode) is run over every
 drive with the torch networks, written as run folders (detections.jsonl, ground_truth.jsonl, run.json
 with the weather tag) and evaluated by the same code as ``perception eval`` (nuScenes protocol); the
@@ -31,7 +32,7 @@ from perception.train import (SampleBuilder, TrainConfig, detector_from_checkpoi
 from perception.decode import DecodeConfig, Decoder  # noqa: E402
 from perception.training_data import Drive  # noqa: E402
 
-TEST_SEEDS = tuple(range(9000, 9008))
+FIRST_TEST_SEED = 9000
 MODES = {"all": ("lidar", "camera", "radar"), "no_camera": ("lidar", "radar"),
          "no_radar": ("lidar", "camera"), "no_lidar": ("camera", "radar")}
 
@@ -73,10 +74,14 @@ def main() -> int:
     ap.add_argument("--camera-only")
     ap.add_argument("--camera-radar")
     ap.add_argument("--out", default="runs/accuracy")
+    ap.add_argument("--drives", type=int, default=8, help="test drives: seeds 9000 on (at most 100)")
     args = ap.parse_args()
+    if not 1 <= args.drives <= 100:
+        raise SystemExit(f"--drives must be in [1, 100], got {args.drives}")
     logging.getLogger("perception").setLevel(logging.ERROR)
     cfg = TrainConfig()
-    specs = drive_specs(TEST_SEEDS, 10.0, cfg.weathers, cfg.lidar_columns, 2000)
+    specs = drive_specs(range(FIRST_TEST_SEED, FIRST_TEST_SEED + args.drives), 10.0, cfg.weathers, cfg.lidar_columns,
+                        2000)
     drives = [Drive.load(p) for p in generate_drives(specs, ROOT / cfg.data_cache)]
     out = Path(args.out)
     summary = {"fused": run_model("fused", Path(args.fused), MODES, drives, out)} if args.fused else {}
