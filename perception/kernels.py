@@ -16,11 +16,9 @@ Speed notes:
 - Pillarization is one pass over the points and one over the pillars. The point pass works in blocks of
   ``PILLAR_BLOCK``: x y z are copied out of the rows so the cell of every point is found in a branch-free,
   vectorised loop; then each point gets its slot from a per-cell count and its pillar (numbered by first
-  appearance) from a per-cell table, both reset only at the touched cells (in the narrowest unsigned
-  types, so they stay in the L1 cache), and a kept point's row number is written to its slot. The pillar
-  pass gathers each pillar's rows into the output in slot order (writing them there in the point pass,
-  scattered over a (P, M, C+5) buffer of megabytes, missed the cache on most writes: this is about 10 %
-  faster), sums the mean in float64 and writes the decorations.
+  appearance) from a per-cell table, both reset only at the touched cells, and a kept point's row is
+  copied straight to its slot. The pillar pass sums each pillar's mean in float64 from the rows it holds
+  (in point order) and writes the decorations.
   A fixed (P, M, C+5) output is mostly empty (most pillars hold far fewer than M points), so clearing it
   would dominate: spconv's PointToVoxel clears its whole buffer on every call. :class:`Pillarizer` owns
   its output buffers and, knowing what its previous call wrote, clears only the rows that call filled and
@@ -81,15 +79,15 @@ PILLAR_BLOCK = 1024  # points per block of the pillarizer's first pass
 # pillar's count are > 0), which lets the cell loop vectorise.
 @nb.njit(nogil=True, cache=True, error_model="numpy")
 def _pillarize_kernel(points, x_min, y_min, z_min, cell, z_size, nx, ny, cx, cy,
-                      out_features, out_index, out_npoints, cell_to_pillar, cell_count, slot_point, dirty,
-                      bx, by, bz, bc, prev_filled):
+                      out_features, out_index, out_npoints, cell_to_pillar, cell_count, dirty, bx, by, bz, bc,
+                      prev_filled):
     """Fill the outputs; return the pillar count.
 
-    Scratch: cell_to_pillar and cell_count, (n_cells,) unsigned integers wide enough for P - 1 and M
-    (uint16 and uint8 for the pipeline's limits: 48 KB for both, against 128 KB in uint32), all 0 on entry
-    and so again on exit (only the touched cells are reset). Unsigned, so the pillar and slot read from
-    them index without numba's negative-index wraparound. slot_point (P * M,) int32: per output slot, the
-    row of ``points`` it takes. bx, by, bz (PILLAR_BLOCK,) float32 and bc (PILLAR_BLOCK,) int32 are overwritten.
+    Scratch: cell_to_pillar (n_cells,) uint32 (read only where the count is non-zero) and cell_count
+    (n_cells,) uint32 must be all 0 on entry; both are so again on exit (only the touched cells are reset).
+    Unsigned, so the pillar and slot read from them index the output without numba's negative-index
+    wraparound (a few per cent of the kernel); bx, by, bz (PILLAR_BLOCK,) float32 and
+    bc (PILLAR_BLOCK,) int32 are overwritten;
     dirty (P,) int32 holds, per pillar, how many leading rows of out_features may be non-zero on entry, and
     holds the same for the new contents on exit. Pillars from max(count, prev_filled) on are left as they
     are: the caller knows they are already empty (out_index n_cells, out_npoints 0, dirty 0).
@@ -104,12 +102,10 @@ def _pillarize_kernel(points, x_min, y_min, z_min, cell, z_size, nx, ny, cx, cy,
     zero = np.float32(0.0)
     one = np.float32(1.0)
     inx = np.int32(nx)
-    m_slots = np.uint32(max_points)
     n = 0
     # Pass 1, block by block: x y z copied out of the (N, C) rows, the cell of every point in one
-    # branch-free loop, then pillars numbered by first appearance and each kept point's row number written
-    # to its slot (slot order is point order). Rows are not copied here: scattered over the (P, M, C+5)
-    # output they would miss the cache on most writes; pass 2 gathers them pillar by pillar instead.
+    # branch-free loop, then pillars numbered by first appearance and each kept point's row copied to its
+    # slot (slot order is point order).
     for b0 in range(0, n_points, bx.shape[0]):
         m = min(bx.shape[0], n_points - b0)
         for j in range(m):
@@ -136,9 +132,19 @@ def _pillarize_kernel(points, x_min, y_min, z_min, cell, z_size, nx, ny, cx, cy,
                     cell_to_pillar[c] = np.uint32(n)
                     out_index[n] = c
                     n += 1
+                p = cell_to_pillar[c]
                 cell_count[c] = k + np.uint32(1)
-                slot_point[cell_to_pillar[c] * m_slots + k] = np.int32(b0 + j)
-    # Pass 2, per pillar: the kept rows gathered in slot order, their float64 mean (in point order), the
+                i = b0 + j
+                if n_cols == 5:  # LiDAR rows, unrolled: a third faster than the loop
+                    out_features[p, k, 0] = points[i, 0]
+                    out_features[p, k, 1] = points[i, 1]
+                    out_features[p, k, 2] = points[i, 2]
+                    out_features[p, k, 3] = points[i, 3]
+                    out_features[p, k, 4] = points[i, 4]
+                else:
+                    for q in range(n_cols):
+                        out_features[p, k, q] = points[i, q]
+    # Pass 2, per pillar: float64 mean of the kept points (in point order, read back from the rows), the
     # five decorations; rows an earlier fill left beyond the new count are cleared.
     n_out = out_features.shape[2]
     for p in range(min(max_pillars, max(n, prev_filled))):
@@ -152,24 +158,10 @@ def _pillarize_kernel(points, x_min, y_min, z_min, cell, z_size, nx, ny, cx, cy,
             sx = 0.0
             sy = 0.0
             sz = 0.0
-            base = p * max_points
             for k in range(cnt):
-                i = slot_point[base + k]
-                x = points[i, 0]
-                y = points[i, 1]
-                z = points[i, 2]
-                if n_cols == 5:  # LiDAR rows, unrolled: a third faster than the loop
-                    out_features[p, k, 0] = x
-                    out_features[p, k, 1] = y
-                    out_features[p, k, 2] = z
-                    out_features[p, k, 3] = points[i, 3]
-                    out_features[p, k, 4] = points[i, 4]
-                else:
-                    for q in range(n_cols):
-                        out_features[p, k, q] = points[i, q]
-                sx += x
-                sy += y
-                sz += z
+                sx += out_features[p, k, 0]
+                sy += out_features[p, k, 1]
+                sz += out_features[p, k, 2]
             mx = np.float32(sx / cnt)
             my = np.float32(sy / cnt)
             mz = np.float32(sz / cnt)
@@ -199,15 +191,6 @@ def _block_scratch() -> tuple[np.ndarray, ...]:
             np.empty(PILLAR_BLOCK, np.float32), np.empty(PILLAR_BLOCK, np.int32))
 
 
-def _cell_scratch(n_cells: int, max_pillars: int, max_points: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """cell_to_pillar and cell_count (zeroed, in the narrowest unsigned types that hold P - 1 and M) and
-    slot_point."""
-    def narrow(top: int):
-        return np.uint8 if top <= 0xFF else np.uint16 if top <= 0xFFFF else np.uint32
-    return (np.zeros(n_cells, narrow(max_pillars - 1)), np.zeros(n_cells, narrow(max_points)),
-            np.empty(max_pillars * max_points, np.int32))
-
-
 class Pillarizer:
     """Pillarization with scratch and output buffers kept between calls (the pipeline's hot path).
 
@@ -233,7 +216,8 @@ class Pillarizer:
         self.index = np.full(max_pillars, grid.n_cells, np.int64)
         self.npoints = np.zeros(max_pillars, np.int32)
         self._consts = _grid_scalars(grid)
-        self._cells = _cell_scratch(grid.n_cells, max_pillars, max_points)
+        self._cell_to_pillar = np.zeros(grid.n_cells, np.uint32)
+        self._cell_count = np.zeros(grid.n_cells, np.uint32)
         self._dirty = np.zeros(max_pillars, np.int32)
         self._block = _block_scratch()
         self._filled = max_pillars  # pillars the previous call may have filled (all, before the first call)
@@ -249,8 +233,8 @@ class Pillarizer:
                              f"{getattr(points, 'shape', None)} {getattr(points, 'dtype', type(points).__name__)}")
         if not points.flags.c_contiguous:
             points = np.ascontiguousarray(points)
-        n = int(_pillarize_kernel(points, *self._consts, self.features, self.index, self.npoints, *self._cells,
-                                  self._dirty, *self._block, self._filled))
+        n = int(_pillarize_kernel(points, *self._consts, self.features, self.index, self.npoints,
+                                  self._cell_to_pillar, self._cell_count, self._dirty, *self._block, self._filled))
         self._filled = n
         return n
 
@@ -282,7 +266,8 @@ def pillarize(points: np.ndarray, grid: BevGrid, out_features: np.ndarray, out_i
     points = np.ascontiguousarray(points)
     p, m = out_features.shape[:2]
     return int(_pillarize_kernel(points, *_grid_scalars(grid), out_features, out_index, out_npoints,
-                                 *_cell_scratch(grid.n_cells, p, m), np.full(p, m, np.int32), *_block_scratch(), p))
+                                 np.zeros(grid.n_cells, np.uint32), np.zeros(grid.n_cells, np.uint32),
+                                 np.full(p, m, np.int32), *_block_scratch(), p))
 
 
 def pillarize_reference(points: np.ndarray, grid: BevGrid, out_features: np.ndarray, out_index: np.ndarray,
