@@ -6,11 +6,12 @@
 
 Test drives: seeds 9000-9007 (never used for training or validation), 10 s each, two per weather (clear,
 rain, fog, night), LiDAR at 1800 and 900 columns; ``--drives 16`` adds seeds 9008-9015 in the same pattern
-(four per weather: two drives per weather cannot resolve a difference of a point between weathers). They are simulated, synchronised and prepared by the
-same code as training and replay (cached under .cache/sim_drives). Each (model, mode) is run over every
-drive with the torch networks, written as run folders (detections.jsonl, ground_truth.jsonl, run.json
-with the weather tag) and evaluated by the same code as ``perception eval`` (nuScenes protocol); the
-fused model is also run with each modality removed (the degraded modes). Prints one table and writes
+(four per weather: two drives per weather cannot resolve a difference of a point between weathers). They
+are simulated, synchronised and prepared by the same code as training and replay (cached under
+.cache/sim_drives). Each (model, mode) is run over every drive with the torch networks, written as run
+folders (detections.jsonl, ground_truth.jsonl, run.json with the weather tag) and evaluated by the same
+code as ``perception eval`` (nuScenes protocol); the fused model is also run with each modality removed
+(the degraded modes). Prints one table and writes
 ``summary.json`` plus a full ``perception eval`` report per (model, mode).
 """
 
