@@ -314,6 +314,11 @@ def tonal_level_db(audio: np.ndarray, sample_rate: int, band_hz: tuple[float, fl
     if not np.all(np.isfinite(x)):
         raise ValueError("tonal_level_db: audio has non-finite samples")
     X, _, weight, parseval = _tonal_bins("tonal_level_db", x, sample_rate, band_hz)
+    return _tonal_level(X, weight, parseval)
+
+
+def _tonal_level(X: np.ndarray, weight: np.ndarray, parseval: float) -> float:
+    """:func:`tonal_level_db` from :func:`_tonal_bins`' output."""
     tonal = np.where(weight[None], np.abs(X) ** 2, 0.0).sum(axis=2)  # (M, T)
     return 10.0 * math.log10(max(float(tonal.mean()) / parseval, POWER_FLOOR))
 
@@ -332,6 +337,13 @@ def doa_bearing(audio: np.ndarray, mic_positions: np.ndarray, sample_rate: int,
         (bearing [rad] CCW from ego +x in (-pi, pi], quality in [0, 1]); quality 0 and bearing 0 when the
         band holds no signal.
     """
+    return _doa(audio, mic_positions, sample_rate, band_hz)[:2]
+
+
+def _doa(audio: np.ndarray, mic_positions: np.ndarray, sample_rate: int,
+         band_hz: tuple[float, float] = SIREN_BAND_HZ) -> tuple[float, float, float]:
+    """:func:`doa_bearing`'s bearing and quality, and :func:`tonal_level_db` of the same audio, from one
+    spectrum."""
     x = np.asarray(audio, dtype=np.float64)
     mics = np.asarray(mic_positions, dtype=np.float64)
     if x.ndim != 2 or mics.shape != (x.shape[0], 3) or x.shape[0] < 2:
@@ -344,13 +356,14 @@ def doa_bearing(audio: np.ndarray, mic_positions: np.ndarray, sample_rate: int,
     baseline = np.linalg.norm(mics[:, None, :2] - mics[None, :, :2], axis=2).max()
     if baseline < 1e-3:
         raise ValueError("doa_bearing: the microphones must be spread in the horizontal plane (>= 1 mm)")
-    X, fb, weight, _ = _tonal_bins("doa_bearing", x, sample_rate, band_hz)
+    X, fb, weight, parseval = _tonal_bins("doa_bearing", x, sample_rate, band_hz)
+    level = _tonal_level(X, weight, parseval)
     i, j = np.triu_indices(len(mics), k=1)
     cross = X[i] * np.conj(X[j])  # (P, T, B)
     cross = np.where(weight[None], cross / np.maximum(np.abs(cross), 1e-30), 0.0).sum(axis=1)  # (P, B)
     total = float(weight.sum()) * len(i)
     if total == 0.0:
-        return 0.0, 0.0
+        return 0.0, 0.0, level
     # Only bins that were tonal in some frame carry anything: steering the others would multiply zeros
     # (a siren fills a few dozen of the band's ~260 bins, so this is most of the cost saved).
     used = np.any(cross != 0, axis=0)
@@ -371,7 +384,7 @@ def doa_bearing(audio: np.ndarray, mic_positions: np.ndarray, sample_rate: int,
     bearing = math.atan2(math.sin(fine[k]), math.cos(fine[k]))
     if bearing <= -math.pi:
         bearing = math.pi
-    return bearing, float(np.clip(response[k] / total, 0.0, 1.0))
+    return bearing, float(np.clip(response[k] / total, 0.0, 1.0)), level
 
 
 # ------------------------------------------------------------------------------------------- detector
@@ -476,11 +489,9 @@ class SirenDetector:
             return None
         prob = siren_probability(self.network, self._buffer, self.sample_rate)
         recent = self._buffer[:, -int(round(DOA_WINDOW_S * self.sample_rate)):]
-        level = tonal_level_db(recent, self.sample_rate)
         if self.mic_positions is None:
-            return SirenEstimate(self._stamp_ns, prob, float("nan"), 0.0, level)
-        bearing, quality = doa_bearing(recent, self.mic_positions, self.sample_rate)
-        return SirenEstimate(self._stamp_ns, prob, bearing, quality, level)
+            return SirenEstimate(self._stamp_ns, prob, float("nan"), 0.0, tonal_level_db(recent, self.sample_rate))
+        return SirenEstimate(self._stamp_ns, prob, *_doa(recent, self.mic_positions, self.sample_rate))
 
     def __call__(self, chunk: AudioChunk) -> SirenEstimate | None:
         """:meth:`push` then :meth:`detect`."""

@@ -178,9 +178,10 @@ class SirenStage:
         back_s = (frame.stamp_ns - end_ns) * 1e-9 + DOA_WINDOW_S / 2 + np.hypot(x, y) / SPEED_OF_SOUND_MPS
         return x - rel_v[:, 0] * back_s, y - rel_v[:, 1] * back_s
 
-    def _heard(self, dets: Detections3D, frame: SyncedFrame, rel_v: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def _heard(self, dets: Detections3D, rel_v: np.ndarray, hx: np.ndarray,
+               hy: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Per detection, the arc of bearings it was heard from while the scored sound left it: its centre
-        and half-width [rad].
+        and half-width [rad]. ``hx, hy``: where each box was at the window centre (:meth:`_emitted_at`).
 
         The scored window is [end - DOA_WINDOW_S, end]; sound heard at time s left a vehicle at range r at
         s - r / c. A track seen in at least two frames gets the arc its bearings cover over that span
@@ -190,7 +191,6 @@ class SirenStage:
         bearing rate times half the window either side."""
         end_ns = self._estimate.stamp_ns + self._chunk_ns
         r = np.hypot(dets.boxes[:, 0].astype(np.float64), dets.boxes[:, 1].astype(np.float64))
-        hx, hy = self._emitted_at(dets, frame, rel_v)
         centre = np.arctan2(hy, hx)
         rate = np.abs(hx * rel_v[:, 1] - hy * rel_v[:, 0]) / np.maximum(hx * hx + hy * hy, 1.0)   # [rad/s]
         half = rate * (DOA_WINDOW_S / 2)
@@ -225,15 +225,14 @@ class SirenStage:
             return dets
         ego_speed = frame.speed[-1].speed_mps if frame.speed else 0.0
         rel_v = dets.velocities.astype(np.float64) - np.array([ego_speed, 0.0])
+        hx, hy = self._emitted_at(dets, frame, rel_v)
         ok = dets.scores >= self.min_score
         if self.level_at_1m_db is not None and math.isfinite(est.level_db):
-            hx, hy = self._emitted_at(dets, frame, rel_v)
             expected = self.level_at_1m_db - 20.0 * np.log10(np.maximum(np.hypot(hx, hy), 1.0))
             ok &= np.abs(est.level_db - expected) <= self.level_tolerance_db
         keep = np.flatnonzero(ok)
         sub = dets[keep]
-        rel_v = rel_v[keep]
-        centre, half = self._heard(sub, frame, rel_v)
+        centre, half = self._heard(sub, rel_v[keep], hx[keep], hy[keep])
         # the point of each arc nearest the array's bearing, and the error left beyond the arc
         dev = _wrap(est.bearing_rad - centre)
         heard = centre + np.clip(dev, -half, half)

@@ -174,6 +174,13 @@ def test_tonal_level_reads_a_tone_and_falls_off_as_one_over_range():
     levels = {r: tonal_level_db(x + noise, FS) for r, x in sirens.items()}
     assert levels[10.0] - levels[20.0] == pytest.approx(6.02, abs=1.0)
     assert levels[20.0] - levels[40.0] == pytest.approx(6.02, abs=1.0)
+    # The detector reports the level of the window it takes the bearing from, and the same bearing.
+    detector = SirenDetector(lambda feeds: {"siren_prob": np.ones((1, 1), np.float32)}, FS, 4, mics)
+    second = np.concatenate([sirens[20.0] + noise, sirens[20.0] + noise], axis=1)
+    detector.push(AudioChunk("mic_array", 0, 0, second.astype(np.float32), FS))
+    estimate = detector.detect()
+    assert estimate.level_db == tonal_level_db(sirens[20.0] + noise, FS)
+    assert (estimate.bearing_rad, estimate.quality) == doa_bearing(sirens[20.0] + noise, mics, FS)
     with pytest.raises(ValueError, match="at least 1024 samples"):
         tonal_level_db(sine[:, :500], FS)
 
