@@ -636,7 +636,8 @@ class _Chunk:
 
 def _decode_compressed_camera(data: memoryview, ch: _RChannel, seq: int, reduction: int = 1) -> CameraImage:
     stamp_ns, _, _, jpeg = ros_msgs.decode_compressed_image(data)
-    return CameraImage(ch.sensor_id, stamp_ns, seq, ros_msgs.rgb_from_compressed(jpeg, reduction))
+    # Left compressed (a copy: the chunk buffer is not ours to keep); decoded where the pixels are read.
+    return CameraImage(ch.sensor_id, stamp_ns, seq, None, jpeg.tobytes(), reduction)
 
 
 def _decode_raw_camera(data: memoryview, ch: _RChannel, seq: int) -> CameraImage:
@@ -755,6 +756,8 @@ class RecordingReader:
                 their size (each side rounded up), by the codec itself, for a consumer that would shrink
                 them anyway (the detection pipeline's cameras run at half size). Raw images are left alone.
 
+        Compressed camera images are yielded undecoded: :attr:`CameraImage.image` decodes them on first
+        read and raises :class:`~drivers.messages.ImageDecodeError` there if the bytes are not an image.
         Yields every message up to a break (truncation, corruption), then raises RecordingError saying
         where it broke and how many messages were delivered.
         """

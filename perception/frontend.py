@@ -12,16 +12,19 @@ camera branch's 0.8 m cells absorb that (BEVFusion makes the same choice).
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 
 import cv2
 import numpy as np
 
 from calibration.rig import Rig
-from drivers.messages import CameraImage, ImuSample, LidarSweep, RadarScan
+from drivers.messages import CameraImage, ImageDecodeError, ImuSample, LidarSweep, RadarScan
 from perception.align import RadarAccumulator, SweepAccumulator, deskew_sweep, raw_sweep_in_ego
 from perception.egomotion import EgoMotion
 from perception.sync import SyncedFrame
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -108,6 +111,8 @@ class Frontend:
         # Frames whose ego motion did not cover the data yet (start of a drive): used without motion
         # compensation, counted.
         self.uncompensated = 0
+        # Camera images whose bytes could not be decoded: the camera counts as missing in that frame.
+        self.undecodable_images = 0
 
     def _image(self, msg: CameraImage) -> np.ndarray:
         c = self.config
@@ -166,12 +171,21 @@ class Frontend:
 
         images = np.zeros((len(c.camera_ids), c.image_height, c.image_width, 3), np.uint8)
         present = np.zeros(len(c.camera_ids), bool)
+        broken: set[str] = set()
         for k, cid in enumerate(c.camera_ids):
             msg = frame.messages.get(cid)
             if isinstance(msg, CameraImage) and cid not in self.drop:
-                images[k] = self._image(msg)
+                try:
+                    images[k] = self._image(msg)  # a recording's JPEG is decoded here, on first read
+                except ImageDecodeError as e:
+                    self.undecodable_images += 1
+                    broken.add(cid)
+                    if self.undecodable_images == 1 or self.undecodable_images % 100 == 0:
+                        log.warning("%s; the camera counts as missing in this frame (%d undecodable images so "
+                                    "far)", e, self.undecodable_images)
+                    continue
                 present[k] = True
-        missing = frozenset(frame.missing) | (self.drop & ({c.lidar_id, *c.camera_ids, *c.radar_ids}))
+        missing = frozenset(frame.missing) | (self.drop & ({c.lidar_id, *c.camera_ids, *c.radar_ids})) | broken
         return FrameInputs(stamp, frame.seq, lidar, radar, images, present, lidar_ok and len(lidar) > 0,
                            radar_ok, missing)
 

@@ -124,3 +124,28 @@ def test_tracking_changes_only_velocities_and_headings(frames, tmp_path):
         if k < 2:  # no track has its 3 updates yet: the head's velocities
             np.testing.assert_array_equal(da.velocities, db.velocities)
     assert not np.array_equal(a[-1].velocities, b[-1].velocities)
+
+
+def test_an_undecodable_camera_image_makes_that_camera_missing_in_its_frame(frames, tmp_path, caplog):
+    from drivers.messages import CameraImage
+
+    rig, fs = frames
+    cfg = dataclasses.replace(PipelineConfig.load(ROOT / "configs" / "pipeline_default.yaml"),
+                              model_cache=str(tmp_path), siren_checkpoint=None)
+    pipeline, _ = build_pipeline(cfg, rig, timing=False)
+    good = fs[2].messages["cam_front"]
+    broken = CameraImage(good.sensor_id, good.stamp_ns, good.seq, None, b"\xff\xd8\xff not a JPEG after all")
+    seen = []
+    for k, f in enumerate(fs[:5]):
+        if k == 2:
+            f = dataclasses.replace(f, messages={**f.messages, "cam_front": broken})
+        dets = pipeline(f)
+        x = pipeline.last_inputs
+        seen.append((pipeline.last_missing, x.camera_present.copy(), bool(x.images[0].any()), len(dets)))
+    assert [m for m, _, _, _ in seen] == [frozenset()] * 2 + [frozenset({"cam_front"})] + [frozenset()] * 2
+    assert seen[2][1].tolist() == [False, True] and not seen[2][2]  # zeros for the missing camera
+    assert all(p.all() and pixels for k, (_, p, pixels, _) in enumerate(seen) if k != 2)
+    assert pipeline.frontend.undecodable_images == 1
+    assert all(n > 0 for _, _, _, n in seen)  # the frame still gets detections (LiDAR, radar, the other camera)
+    assert sum("camera 'cam_front' image seq" in r.message and "counts as missing" in r.message
+               for r in caplog.records) == 1
