@@ -11,6 +11,8 @@ attributes put on vehicles that have no siren (false attributions).
 The rate splits into what the detector and what the late fusion did: ``detected`` counts the frames where a
 car or truck detection scoring at least the siren stage's ``MIN_SCORE`` lies within 2 m of the siren
 vehicle (the attribute has something to go on), and ``attr/det`` is the rate among those frames.
+``off grid`` counts the frames where the siren vehicle's centre is outside the detector's BEV grid (the
+shipped model's is +-51.2 m in x and y, so part of the 60 m circle): no detection can be there.
 """
 
 from __future__ import annotations
@@ -28,12 +30,13 @@ sys.path.insert(0, str(ROOT))
 from perception.audio import VEHICLE_CLASSES  # noqa: E402
 from perception.audio_stage import MIN_SCORE  # noqa: E402
 from perception.cli import main as cli  # noqa: E402
+from perception.models.networks import load_checkpoint  # noqa: E402
 
 
-def score_run(run: Path, max_range: float = 60.0, match_m: float = 2.0) -> dict:
+def score_run(run: Path, grid, max_range: float = 60.0, match_m: float = 2.0) -> dict:
     dets = [json.loads(line) for line in (run / "detections.jsonl").read_text().splitlines()]
     gts = {g["stamp_ns"]: g for g in map(json.loads, (run / "ground_truth.jsonl").read_text().splitlines())}
-    frames = detected = hit = false_attr = 0
+    frames = detected = hit = false_attr = off_grid = 0
     for d in dets:
         g = gts.get(d["stamp_ns"])
         if g is None:
@@ -47,20 +50,21 @@ def score_run(run: Path, max_range: float = 60.0, match_m: float = 2.0) -> dict:
         candidates = [b for b in d["detections"] if b["label"] in VEHICLE_CLASSES and b["score"] >= MIN_SCORE]
         for s in sirens:
             frames += 1
+            off_grid += not (grid.x_min <= s["x"] < grid.x_max and grid.y_min <= s["y"] < grid.y_max)
             detected += any(np.hypot(c["x"] - s["x"], c["y"] - s["y"]) < match_m for c in candidates)
             if any(np.hypot(f["x"] - s["x"], f["y"] - s["y"]) < match_m for f in flagged):
                 hit += 1
         for f in flagged:
             if any(np.hypot(f["x"] - q["x"], f["y"] - q["y"]) < match_m for q in quiet):
                 false_attr += 1
-    return {"siren_vehicle_frames": frames, "detected": detected, "with_attribute": hit,
+    return {"siren_vehicle_frames": frames, "off_grid": off_grid, "detected": detected, "with_attribute": hit,
             "false_attributions": false_attr}
 
 
 def row(name: str, r: dict) -> str:
     def ratio(a: int, b: int) -> float:
         return a / b if b else float("nan")
-    return (f"{name:28s} {r['siren_vehicle_frames']:7d} {r['detected']:9d} {r['with_attribute']:6d} "
+    return (f"{name:28s} {r['siren_vehicle_frames']:7d} {r['off_grid']:8d} {r['detected']:9d} {r['with_attribute']:6d} "
             f"{ratio(r['with_attribute'], r['siren_vehicle_frames']):6.2f} "
             f"{ratio(r['with_attribute'], r['detected']):9.2f} {r['false_attributions']:6d}")
 
@@ -72,9 +76,11 @@ def main() -> int:
     ap.add_argument("--out", default="runs/siren_attr")
     args = ap.parse_args()
     out = Path(args.out)
-    total = {"siren_vehicle_frames": 0, "detected": 0, "with_attribute": 0, "false_attributions": 0}
+    total = {"siren_vehicle_frames": 0, "off_grid": 0, "detected": 0, "with_attribute": 0, "false_attributions": 0}
     weathers = ("clear", "rain", "fog", "night")
-    print(f"{'drive':28s} {'frames':>7s} {'detected':>9s} {'attr':>6s} {'rate':>6s} {'attr/det':>9s} {'false':>6s}")
+    grid = load_checkpoint(ROOT / "recordings" / "models" / "fusion.pt")[1].cfg.grid  # what `replay` runs
+    print(f"{'drive':28s} {'frames':>7s} {'off grid':>8s} {'detected':>9s} {'attr':>6s} {'rate':>6s} {'attr/det':>9s} "
+          f"{'false':>6s}")
     for k in range(args.drives):
         seed = 9100 + k
         rec = out / f"drive_{seed}.mcap"
@@ -86,12 +92,14 @@ def main() -> int:
             (run / "detections.jsonl").unlink()  # never score an earlier run's output
         if cli(["replay", str(rec), "--out", str(run), "--quiet"]) != 0:
             raise SystemExit(f"replay of {rec} failed; see the error above")
-        r = score_run(run)
+        r = score_run(run, grid)
         for key in total:
             total[key] += r[key]
         print(row(rec.name, r), flush=True)
     print(row("all", total) + "   (target: rate >= 0.90)")
     rate = total["with_attribute"] / max(1, total["siren_vehicle_frames"])
+    on_grid = total["siren_vehicle_frames"] - total["off_grid"]
+    print(f"on the grid: {total['with_attribute']} of {on_grid} frames, rate {total['with_attribute'] / max(1, on_grid):.2f}")
     (out / "summary.json").write_text(json.dumps({**total, "rate": rate}, indent=1))
     return 0
 
