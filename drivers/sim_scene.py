@@ -132,6 +132,19 @@ class Road:
         return x - d * np.sin(h), y + d * np.cos(h), h, k
 
 
+def _meets(row: tuple, siren: tuple, duration_s: float, margin_m: float = 2.0) -> bool:
+    """Whether the object of ``row`` shares the lane of the emergency vehicle ``siren`` (rows as
+    ``Scene._build_objects`` makes them: label, l, w, h, s0, d0, vs, vd, ...) and comes within
+    ``margin_m`` of it, bumper to bumper, at some time in [-1, duration_s + 1] s."""
+    _, length, width, _, s0, d0, vs, _ = row[:8]
+    _, e_length, e_width, _, e_s0, e_d0, e_vs, _ = siren[:8]
+    if abs(d0 - e_d0) >= (width + e_width) / 2:
+        return False
+    reach = (length + e_length) / 2 + margin_m
+    gap = [s0 - e_s0 + (vs - e_vs) * t for t in (-1.0, duration_s + 1.0)]
+    return gap[0] * gap[1] <= 0 or min(abs(gap[0]), abs(gap[1])) < reach
+
+
 class Scene:
     """A deterministic drive.
 
@@ -255,6 +268,7 @@ class Scene:
             add(CLASS_NAMES.index("pedestrian"), sized("pedestrian"), rng.uniform(s_lo, s_hi), side,
                 speed, 0.0, CLASS_REFLECTIVITY["pedestrian"], shirt)
         # Emergency vehicles, oncoming in the nearest oncoming lane, met by the ego mid-drive.
+        first_siren = len(rows)
         for k in range(n_sirens):
             t_meet = self.duration_s * (0.35 + 0.3 * (k + 1) / (n_sirens + 1))
             speed = rng.uniform(10.0, 16.0)
@@ -262,6 +276,10 @@ class Scene:
             name = "truck" if rng.random() < 0.3 else "car"
             add(CLASS_NAMES.index(name), sized(name), s0, LANE_WIDTH_M - 0.2, -speed, 0.0, 0.55,
                 (240, 240, 240), siren=int(rng.integers(1, 3)))
+        # That lane's traffic keeps its own speed, so the emergency vehicle would drive through the vehicles
+        # it catches up with (or that catch up with it): those have pulled over and are left out.
+        sirens = rows[first_siren:]
+        rows[:first_siren] = [r for r in rows[:first_siren] if not any(_meets(r, e, self.duration_s) for e in sirens)]
         # Static clutter: poles every ~25 m on the right, walls and buildings further out.
         s = s_lo
         while s < s_hi:

@@ -51,7 +51,8 @@ class DriveSpec:
         return f"drive_s{self.seed}_{self.weather}_{hashlib.sha256(text.encode()).hexdigest()[:10]}"
 
 
-DATA_VERSION = "v2"  # v2: frames formed in arrival order with the newest-before-the-sweep camera/radar policy
+DATA_VERSION = "v3"  # v2: frames formed in arrival order with the newest-before-the-sweep camera/radar policy;
+# v3: the emergency vehicle's lane is clear of the traffic it would drive through
 
 
 def simulate_drive(spec: DriveSpec, out_dir: Path) -> Path:

@@ -434,3 +434,28 @@ def test_clock_offsets_and_jitter_show_up_in_stamps(drive):
     for d in (back, front):
         assert np.abs(d).max() <= 1_500_000 and np.abs(d).max() > 0
     assert np.all(deviation("lidar_top", cfg.lidar_rate_hz, first=1) != 0)
+
+
+def _vehicles_overlapping_a_siren(scene: Scene, duration_s: float) -> int:
+    """Frames x vehicles whose box overlaps an emergency vehicle's (in the emergency vehicle's frame)."""
+    hits = 0
+    for t in np.arange(0.0, duration_s, 0.1):
+        w = scene.objects_world(float(t))
+        vehicles = np.isin(w.labels, [0, 1])  # car, truck
+        for e in np.flatnonzero(w.siren > 0):
+            x, y, _, length, width, _, yaw = w.boxes[e]
+            others = np.flatnonzero(vehicles & (np.arange(len(w.labels)) != e))
+            dx, dy = w.boxes[others, 0] - x, w.boxes[others, 1] - y
+            along = np.cos(yaw) * dx + np.sin(yaw) * dy
+            across = -np.sin(yaw) * dx + np.cos(yaw) * dy
+            hits += int(np.sum((np.abs(along) < (length + w.boxes[others, 3]) / 2)
+                               & (np.abs(across) < (width + w.boxes[others, 4]) / 2)))
+    return hits
+
+
+def test_the_emergency_vehicle_never_drives_through_other_traffic():
+    # Seeds 9105 and 9107 put it into its lane's traffic before the lane was cleared for it.
+    for seed in (9105, 9107, 100, 101, 102, 103):
+        scene = Scene(seed=seed, duration_s=16.0)
+        assert (scene.objects_world(0.0).siren > 0).sum() == 1
+        assert _vehicles_overlapping_a_siren(scene, 16.0) == 0, seed
