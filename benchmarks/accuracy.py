@@ -2,7 +2,7 @@
 
     .venv/bin/python benchmarks/accuracy.py --fused recordings/models/fusion.pt \
         --lidar-only runs/lidar_only/model.pt --camera-only runs/camera_only/model.pt \
-        --camera-radar runs/camera_radar/model.pt --out runs/accuracy
+        --camera-radar runs/camera_radar/model.pt --out runs/accuracy [--drives 16] [--bev-range 60.8]
 
 Test drives: seeds 9000-9007 (never used for training or validation), 10 s each, two per weather (clear,
 rain, fog, night), LiDAR at 1800 and 900 columns; ``--drives 16`` adds seeds 9008-9015 in the same pattern
@@ -38,11 +38,11 @@ MODES = {"all": ("lidar", "camera", "radar"), "no_camera": ("lidar", "radar"),
          "no_radar": ("lidar", "camera"), "no_lidar": ("camera", "radar")}
 
 
-def run_model(name: str, ckpt: Path, modes: dict, drives, out: Path) -> dict:
+def run_model(name: str, ckpt: Path, modes: dict, drives, out: Path, bev_range_m: float | None = None) -> dict:
     import torch
 
     torch.set_num_threads(2)
-    det, net_cfg, _ = detector_from_checkpoint(ckpt)
+    det, net_cfg, _ = detector_from_checkpoint(ckpt, None, None, bev_range_m)
     decoder = Decoder(net_cfg.head_grid, net_cfg.class_names, DecodeConfig())
     results = {}
     for mode, mods in modes.items():
@@ -76,6 +76,8 @@ def main() -> int:
     ap.add_argument("--camera-radar")
     ap.add_argument("--out", default="runs/accuracy")
     ap.add_argument("--drives", type=int, default=8, help="test drives: seeds 9000 on (at most 100)")
+    ap.add_argument("--bev-range", type=float, default=None,
+                    help="run every model on this BEV grid half-width [m] (the pipeline's bev_range_m)")
     args = ap.parse_args()
     if not 1 <= args.drives <= 100:
         raise SystemExit(f"--drives must be in [1, 100], got {args.drives}")
@@ -85,11 +87,11 @@ def main() -> int:
                         2000)
     drives = [Drive.load(p) for p in generate_drives(specs, ROOT / cfg.data_cache)]
     out = Path(args.out)
-    summary = {"fused": run_model("fused", Path(args.fused), MODES, drives, out)} if args.fused else {}
+    summary = {"fused": run_model("fused", Path(args.fused), MODES, drives, out, args.bev_range)} if args.fused else {}
     for key, mods in (("lidar_only", ("lidar",)), ("camera_only", ("camera",)), ("camera_radar", ("camera", "radar"))):
         path = getattr(args, key)
         if path:
-            summary[key] = run_model(key, Path(path), {"own": mods}, drives, out)
+            summary[key] = run_model(key, Path(path), {"own": mods}, drives, out, args.bev_range)
     (out / "summary.json").write_text(json.dumps(summary, indent=1))
     print("\nmodel         mode       mAP     NDS     mAVE   " + "  ".join(f"{w:>6s}" for w in cfg.weathers)
           + "   0-20   20-40    40+")

@@ -2,6 +2,7 @@
 ONNX Runtime vs torch.
 
     .venv/bin/python benchmarks/bench_pipeline.py [--recording recordings/sample_drive.mcap] [--realtime]
+        [--config configs/pipeline_default.yaml]
 
 1. Replays the recording through the full pipeline with each backend (torch = the reference, onnxruntime =
    the CPU default), 2 threads, and prints per-stage p50/p95/p99/max [ms], end-to-end latency and frame
@@ -35,7 +36,7 @@ sys.path.insert(0, str(ROOT))
 NETWORK_STAGES = ("camera_net", "bev_net", "siren")
 
 
-def replay(recording: Path, backend: str, realtime: bool, out: Path, image_reduction: int):
+def replay(recording: Path, config: Path, backend: str, realtime: bool, out: Path, image_reduction: int):
     import logging
 
     from drivers.recording import RecordingReader
@@ -43,7 +44,7 @@ def replay(recording: Path, backend: str, realtime: bool, out: Path, image_reduc
     from perception.pipeline import PipelineConfig
 
     logging.getLogger("perception").setLevel(logging.ERROR)
-    cfg = dataclasses.replace(PipelineConfig.load(ROOT / "configs" / "pipeline_default.yaml"), backend=backend)
+    cfg = dataclasses.replace(PipelineConfig.load(config), backend=backend)
     reader = RecordingReader(recording)
     messages = reader.messages(image_reduction=image_reduction)
     stats, latency, outputs, pipeline = run_pipeline(messages, reader.rig, cfg, out, recording=None,
@@ -90,17 +91,20 @@ def message_decode_ms(recording: Path, image_reduction: int, decode_images: bool
     return out
 
 
-def time_networks(threads: int = 2, runs: int = 30):
+def time_networks(config: Path, threads: int = 2, runs: int = 30):
     import torch
 
     from perception.backends import open_backend
     from perception.export import export_onnx
-    from perception.models.networks import load_checkpoint
+    from perception.pipeline import PipelineConfig, resolve_path
+    from perception.train import detector_from_checkpoint
 
+    cfg = PipelineConfig.load(config)
+    det, _, _ = detector_from_checkpoint(resolve_path(cfg.checkpoint), None, cfg.lidar_max_pillars, cfg.bev_range_m)
     torch.set_num_threads(threads)
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
-        for module in load_checkpoint(ROOT / "recordings" / "models" / "fusion.pt"):
+        for module in (det.camera, det.bev):
             spec = module.spec
             feeds = spec.random_inputs(0)
             if "lidar_index" in feeds:  # one pillar per cell, as the pillarizer guarantees
@@ -129,6 +133,7 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--recording", default=str(ROOT / "recordings" / "sample_drive.mcap"))
     ap.add_argument("--realtime", action="store_true", help="run the onnxruntime replay in real time")
+    ap.add_argument("--config", default=str(ROOT / "configs" / "pipeline_default.yaml"), help="pipeline config")
     args = ap.parse_args()
     from drivers.recording import RecordingReader
     from perception.pipeline import PipelineConfig, image_reduction_for
@@ -136,13 +141,13 @@ def main() -> int:
 
     rec = Path(args.recording)
     # Camera images decoded as `perception replay` decodes them (at the network's scale).
-    reduction = image_reduction_for(PipelineConfig.load(ROOT / "configs" / "pipeline_default.yaml"),
+    reduction = image_reduction_for(PipelineConfig.load(args.config),
                                     RecordingReader(rec).rig)
     with tempfile.TemporaryDirectory() as tmp:
         results = {}
         for backend in ("torch", "onnxruntime"):
             rt = args.realtime and backend == "onnxruntime"
-            latency = replay(rec, backend, rt, Path(tmp) / backend, reduction)
+            latency = replay(rec, Path(args.config), backend, rt, Path(tmp) / backend, reduction)
             results[backend] = latency
             print(f"\n== {backend}{' (real time)' if rt else ''}: {rec.name}")
             print(format_summary_table(latency))
@@ -166,7 +171,7 @@ def main() -> int:
     print(f"\nend-to-end p50: torch {e2e['torch'].p50:.1f} ms, onnxruntime {e2e['onnxruntime'].p50:.1f} ms, "
           f"ratio torch/onnxruntime {e2e['torch'].p50 / e2e['onnxruntime'].p50:.2f}")
     print("\nnetwork      torch [ms]   onnxruntime [ms]   torch/ORT   (median of 30, 2 threads)")
-    for name, t_torch, t_ort in time_networks():
+    for name, t_torch, t_ort in time_networks(Path(args.config)):
         print(f"{name:10s} {t_torch:11.2f} {t_ort:18.2f} {t_torch / t_ort:11.2f}")
     return 0
 

@@ -1,6 +1,7 @@
 """How often an emergency vehicle sounding its siren gets the siren attribute, end to end.
 
     .venv/bin/python benchmarks/siren_attribute.py [--drives 4] [--duration 12] [--out runs/siren_attr]
+        [--config configs/pipeline_default.yaml]
 
 Simulates drives with an oncoming emergency vehicle (seeds 9100+, never used for training), replays each
 through the full pipeline (``perception replay``: detector + tracking + siren detector + direction of arrival + late
@@ -30,7 +31,8 @@ sys.path.insert(0, str(ROOT))
 from perception.audio import VEHICLE_CLASSES  # noqa: E402
 from perception.audio_stage import MIN_SCORE  # noqa: E402
 from perception.cli import main as cli  # noqa: E402
-from perception.models.networks import load_checkpoint  # noqa: E402
+from perception.pipeline import PipelineConfig, resolve_path  # noqa: E402
+from perception.train import detector_from_checkpoint  # noqa: E402
 
 
 def score_run(run: Path, grid, max_range: float = 60.0, match_m: float = 2.0) -> dict:
@@ -74,11 +76,14 @@ def main() -> int:
     ap.add_argument("--drives", type=int, default=4)
     ap.add_argument("--duration", type=float, default=12.0)
     ap.add_argument("--out", default="runs/siren_attr")
+    ap.add_argument("--config", default=str(ROOT / "configs" / "pipeline_default.yaml"), help="pipeline config")
     args = ap.parse_args()
     out = Path(args.out)
     total = {"siren_vehicle_frames": 0, "off_grid": 0, "detected": 0, "with_attribute": 0, "false_attributions": 0}
     weathers = ("clear", "rain", "fog", "night")
-    grid = load_checkpoint(ROOT / "recordings" / "models" / "fusion.pt")[1].cfg.grid  # what `replay` runs
+    config = PipelineConfig.load(args.config)
+    _, net_cfg, _ = detector_from_checkpoint(resolve_path(config.checkpoint), None, None, config.bev_range_m)
+    grid = net_cfg.grid  # what `replay` runs with this config
     print(f"{'drive':28s} {'frames':>7s} {'off grid':>8s} {'detected':>9s} {'attr':>6s} {'rate':>6s} {'attr/det':>9s} "
           f"{'false':>6s}")
     for k in range(args.drives):
@@ -90,7 +95,7 @@ def main() -> int:
         run = out / f"run_{seed}"
         if (run / "detections.jsonl").exists():
             (run / "detections.jsonl").unlink()  # never score an earlier run's output
-        if cli(["replay", str(rec), "--out", str(run), "--quiet"]) != 0:
+        if cli(["replay", str(rec), "--config", args.config, "--out", str(run), "--quiet"]) != 0:
             raise SystemExit(f"replay of {rec} failed; see the error above")
         r = score_run(run, grid)
         for key in total:

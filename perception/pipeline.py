@@ -51,6 +51,10 @@ class PipelineConfig:
         lidar_max_pillars: LiDAR pillars the networks take per frame (null: the checkpoint's training
             value). A buffer size, not a weight: the fewer, the cheaper the pillar encoder; pillars beyond it
             are dropped, and such frames are counted and logged (``Pipeline.pillar_overflows``).
+        bev_range_m: half-width of the square BEV grid [m] (null: the checkpoint's, +-51.2 m for the shipped
+            model). The same weights run on a larger grid (the networks see no absolute position): 60.8
+            covers a 60 m circle, for a bigger BEV network cost (``perception bench pipeline``). A multiple
+            of 1.6 m for 0.8 m cells.
         lidar_sweeps: deskewed sweeps accumulated.
         score_threshold, top_k, max_detections: decoding.
         siren_threshold: siren probability above which a siren is reported.
@@ -77,6 +81,7 @@ class PipelineConfig:
     imu_id: str = "imu"
     microphone_id: Optional[str] = "mic_array"
     lidar_max_pillars: Optional[int] = None
+    bev_range_m: Optional[float] = None
     lidar_sweeps: int = 3
     score_threshold: float = 0.05
     top_k: int = 300
@@ -241,7 +246,7 @@ def open_networks(config: PipelineConfig, rig: Rig | None):
     if not ckpt.exists():
         raise FileNotFoundError(f"checkpoint {ckpt} not found (train one with: perception train --config "
                                 f"configs/train_fusion.yaml --out DIR)")
-    det, net_cfg, _ = detector_from_checkpoint(ckpt, rig, config.lidar_max_pillars)
+    det, net_cfg, _ = detector_from_checkpoint(ckpt, rig, config.lidar_max_pillars, config.bev_range_m)
     cell_index = cell_index_for(net_cfg, rig)
     digest = checkpoint_hash(ckpt)
     hashes = {"checkpoint": digest}
@@ -251,7 +256,7 @@ def open_networks(config: PipelineConfig, rig: Rig | None):
         return cam, bev, net_cfg, cell_index, hashes
     from perception.export import export_onnx
 
-    folder = resolve_cache(config.model_cache) / f"{digest[:16]}-p{net_cfg.lidar_max_pillars}"
+    folder = resolve_cache(config.model_cache) / f"{digest[:16]}-p{net_cfg.lidar_max_pillars}-r{net_cfg.grid.x_max:g}"
     folder.mkdir(parents=True, exist_ok=True)
     paths = {}
     for module in (det.camera, det.bev):

@@ -468,12 +468,17 @@ def load_checkpoint_file(path: str | Path) -> dict:
     return torch.load(path, map_location="cpu", weights_only=True)
 
 
-def detector_from_checkpoint(path: str | Path, rig=None, lidar_max_pillars: int | None = None):
+def detector_from_checkpoint(path: str | Path, rig=None, lidar_max_pillars: int | None = None,
+                             bev_range_m: float | None = None):
     """(Detector in eval mode, NetworkConfig, checkpoint dict) from a checkpoint file; the lift geometry
     comes from ``rig`` (default: the simulated rig the networks were trained on).
 
     ``lidar_max_pillars`` replaces the checkpoint's LiDAR pillar budget: a buffer size of the exported
-    graph, not a weight, so the network computes the same for every frame whose pillars fit."""
+    graph, not a weight, so the network computes the same for every frame whose pillars fit.
+    ``bev_range_m`` replaces the half-width of the checkpoint's square BEV grid (same cell size): the
+    networks are convolutional and see no absolute position (a pillar's features are relative to its own
+    cell), so the same weights run on a larger grid and detect beyond the range they were trained on, at
+    the cost of the larger grid's compute."""
     from dataclasses import replace
 
     from perception.models.networks import NetworkConfig
@@ -484,6 +489,17 @@ def detector_from_checkpoint(path: str | Path, rig=None, lidar_max_pillars: int 
         if lidar_max_pillars < 1:
             raise ValueError(f"lidar_max_pillars must be >= 1, got {lidar_max_pillars}")
         net_cfg = replace(net_cfg, lidar_max_pillars=int(lidar_max_pillars))
+    if bev_range_m is not None:
+        g = net_cfg.grid
+        # The backbone halves the head grid once more and upsamples back: cells a multiple of 2 * head_stride.
+        step = 2 * net_cfg.head_stride * g.cell
+        n = 2 * bev_range_m / step
+        if bev_range_m <= 0 or abs(n - round(n)) > 1e-6:
+            raise ValueError(f"bev_range_m must be a positive multiple of {step / 2:g} m (the grid's {g.cell:g} m "
+                             f"cells times {net_cfg.head_stride} for the head and 2 for the backbone, per side), "
+                             f"got {bev_range_m}")
+        r = float(bev_range_m)
+        net_cfg = replace(net_cfg, grid=replace(g, x_min=-r, x_max=r, y_min=-r, y_max=r))
     det = Detector(net_cfg, cell_index_for(net_cfg, rig))
     det.load_state_dict(ck["model"])
     det.train(False)

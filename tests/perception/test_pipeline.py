@@ -149,3 +149,31 @@ def test_an_undecodable_camera_image_makes_that_camera_missing_in_its_frame(fram
     assert all(n > 0 for _, _, _, n in seen)  # the frame still gets detections (LiDAR, radar, the other camera)
     assert sum("camera 'cam_front' image seq" in r.message and "counts as missing" in r.message
                for r in caplog.records) == 1
+
+
+def test_a_larger_bev_range_runs_the_same_weights_and_keeps_the_near_detections(frames, tmp_path):
+    rig, fs = frames
+    base = dataclasses.replace(PipelineConfig.load(ROOT / "configs" / "pipeline_default.yaml"),
+                               model_cache=str(tmp_path), siren_checkpoint=None, tracking=False)
+    near, a = _run(base, rig, fs)
+    far, b = _run(dataclasses.replace(base, bev_range_m=60.8), rig, fs)
+    assert (near.cfg.grid.nx, far.cfg.grid.nx) == (128, 152) and far.cfg.grid.x_max == 60.8
+    beyond = 0
+    for da, db in zip(a, b):
+        # Well inside the old grid (farther from its edge than the backbone's reach) nothing changes.
+        ka = (np.abs(da.boxes[:, :2]) < 25).all(axis=1) & (da.scores >= 0.3)
+        kb = (np.abs(db.boxes[:, :2]) < 25).all(axis=1) & (db.scores >= 0.3)
+        assert ka.sum() == kb.sum() > 0
+        np.testing.assert_allclose(da.boxes[ka], db.boxes[kb], atol=1e-3)
+        np.testing.assert_allclose(da.scores[ka], db.scores[kb], atol=1e-4)
+        assert (np.abs(da.boxes[:, :2]) < 51.2).all()
+        beyond += int((np.abs(db.boxes[:, :2]) >= 51.2).any(axis=1).sum())
+    assert beyond > 0  # and it detects out there
+
+
+def test_a_bev_range_off_the_backbone_steps_is_refused(frames, tmp_path):
+    rig, _ = frames
+    cfg = dataclasses.replace(PipelineConfig.load(ROOT / "configs" / "pipeline_default.yaml"),
+                              model_cache=str(tmp_path), siren_checkpoint=None, bev_range_m=60.0)
+    with pytest.raises(ValueError, match="bev_range_m must be a positive multiple of 1.6 m"):
+        build_pipeline(cfg, rig)
