@@ -154,8 +154,8 @@ def test_an_undecodable_camera_image_makes_that_camera_missing_in_its_frame(fram
 def test_a_larger_bev_range_runs_the_same_weights_and_keeps_the_near_detections(frames, tmp_path):
     rig, fs = frames
     base = dataclasses.replace(PipelineConfig.load(ROOT / "configs" / "pipeline_default.yaml"),
-                               model_cache=str(tmp_path), siren_checkpoint=None, tracking=False)
-    near, a = _run(base, rig, fs)
+                               model_cache=str(tmp_path), siren_checkpoint=None, tracking=False, bev_range_m=None)
+    near, a = _run(base, rig, fs)  # the checkpoint's grid
     far, b = _run(dataclasses.replace(base, bev_range_m=60.8), rig, fs)
     assert (near.cfg.grid.nx, far.cfg.grid.nx) == (128, 152) and far.cfg.grid.x_max == 60.8
     beyond = 0
