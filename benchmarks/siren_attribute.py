@@ -13,7 +13,8 @@ The rate splits into what the detector and what the late fusion did: ``detected`
 car or truck detection scoring at least the siren stage's ``MIN_SCORE`` lies within 2 m of the siren
 vehicle (the attribute has something to go on), and ``attr/det`` is the rate among those frames.
 ``off grid`` counts the frames where the siren vehicle's centre is outside the detector's BEV grid (the
-shipped model's is +-51.2 m in x and y, so part of the 60 m circle): no detection can be there.
+config's: +-60.8 m by default; the checkpoint's own +-51.2 m leaves part of the 60 m circle out): no
+detection can be there.
 """
 
 from __future__ import annotations

@@ -240,14 +240,14 @@ def open_networks(config: PipelineConfig, rig: Rig | None):
     ``model_cache/<checkpoint sha256[:16]>/``.
     """
     from perception.backends import open_backend
-    from perception.train import cell_index_for, detector_from_checkpoint
+    from perception.train import detector_from_checkpoint
 
     ckpt = resolve_path(config.checkpoint)
     if not ckpt.exists():
         raise FileNotFoundError(f"checkpoint {ckpt} not found (train one with: perception train --config "
                                 f"configs/train_fusion.yaml --out DIR)")
     det, net_cfg, _ = detector_from_checkpoint(ckpt, rig, config.lidar_max_pillars, config.bev_range_m)
-    cell_index = cell_index_for(net_cfg, rig)
+    cell_index = det.cell_index.numpy()  # the lift geometry the detector was built with (rig above)
     digest = checkpoint_hash(ckpt)
     hashes = {"checkpoint": digest}
     if config.backend == "torch":

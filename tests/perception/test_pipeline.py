@@ -29,6 +29,12 @@ def frames():
     return reader.rig, out[:8]
 
 
+def _config(tmp_path, **changes) -> PipelineConfig:
+    """The default pipeline config without audio, its model cache in ``tmp_path``, with ``changes``."""
+    return dataclasses.replace(PipelineConfig.load(ROOT / "configs" / "pipeline_default.yaml"),
+                               model_cache=str(tmp_path), siren_checkpoint=None, **changes)
+
+
 def _run(config: PipelineConfig, rig, frames):
     pipeline, _ = build_pipeline(config, rig, timing=False)
     return pipeline, [pipeline(f) for f in frames]
@@ -36,8 +42,7 @@ def _run(config: PipelineConfig, rig, frames):
 
 def test_a_smaller_pillar_budget_gives_the_same_detections_when_the_pillars_fit(frames, tmp_path):
     rig, fs = frames
-    base = dataclasses.replace(PipelineConfig.load(ROOT / "configs" / "pipeline_default.yaml"),
-                               model_cache=str(tmp_path), siren_checkpoint=None)
+    base = _config(tmp_path)
     full, a = _run(dataclasses.replace(base, lidar_max_pillars=12000), rig, fs)
     small, b = _run(dataclasses.replace(base, lidar_max_pillars=None), rig, fs)  # the checkpoint's 6000
     assert full.cfg.lidar_max_pillars == 12000 and small.cfg.lidar_max_pillars == 6000
@@ -52,27 +57,27 @@ def test_a_smaller_pillar_budget_gives_the_same_detections_when_the_pillars_fit(
 
 def test_frames_that_fill_the_pillar_budget_are_counted(frames, tmp_path, caplog):
     rig, fs = frames
-    cfg = dataclasses.replace(PipelineConfig.load(ROOT / "configs" / "pipeline_default.yaml"),
-                              model_cache=str(tmp_path), siren_checkpoint=None, lidar_max_pillars=500)
+    cfg = _config(tmp_path, lidar_max_pillars=500)
     pipeline, dets = _run(cfg, rig, fs)
     assert pipeline.pillar_overflows == len(fs)  # ~1900 pillars a frame do not fit in 500
     assert sum("filled all 500 LiDAR pillars" in r.message for r in caplog.records) == 1  # logged once
     assert len(dets) == len(fs)
 
 
-def test_a_pillar_budget_below_one_is_refused(tmp_path, frames):
+@pytest.mark.parametrize("changes, message", [
+    ({"lidar_max_pillars": 0}, "lidar_max_pillars must be >= 1"),
+    ({"bev_range_m": 60.0}, "bev_range_m must be a positive multiple of 1.6 m"),  # off the backbone's steps
+])
+def test_a_network_size_the_checkpoint_cannot_take_is_refused(tmp_path, frames, changes, message):
     rig, _ = frames
-    cfg = dataclasses.replace(PipelineConfig.load(ROOT / "configs" / "pipeline_default.yaml"),
-                              model_cache=str(tmp_path), siren_checkpoint=None, lidar_max_pillars=0)
-    with pytest.raises(ValueError, match="lidar_max_pillars must be >= 1"):
-        build_pipeline(cfg, rig)
+    with pytest.raises(ValueError, match=message):
+        build_pipeline(_config(tmp_path, **changes), rig)
 
 
 def test_warm_up_leaves_no_state_behind(frames, tmp_path):
     """build_pipeline warms every stateless stage up; doing it again between frames changes nothing."""
     rig, fs = frames
-    cfg = dataclasses.replace(PipelineConfig.load(ROOT / "configs" / "pipeline_default.yaml"),
-                              model_cache=str(tmp_path), siren_checkpoint=None)
+    cfg = _config(tmp_path)
     a = build_pipeline(cfg, rig, timing=False)[0]
     b = build_pipeline(cfg, rig, timing=False)[0]
     for k, f in enumerate(fs):
@@ -88,8 +93,7 @@ def test_warm_up_leaves_no_state_behind(frames, tmp_path):
 def test_cameras_decoded_at_network_scale_give_the_network_nearly_the_same_images(tmp_path):
     from perception.pipeline import image_reduction_for
 
-    config = dataclasses.replace(PipelineConfig.load(ROOT / "configs" / "pipeline_default.yaml"),
-                                 model_cache=str(tmp_path), siren_checkpoint=None)
+    config = _config(tmp_path)
     reader = RecordingReader(SAMPLE)
     assert image_reduction_for(config, reader.rig) == 2  # 640x360 cameras, half-size network images
     runs = []
@@ -112,8 +116,7 @@ def test_cameras_decoded_at_network_scale_give_the_network_nearly_the_same_image
 
 def test_tracking_changes_only_velocities_and_headings(frames, tmp_path):
     rig, fs = frames
-    base = dataclasses.replace(PipelineConfig.load(ROOT / "configs" / "pipeline_default.yaml"),
-                               model_cache=str(tmp_path), siren_checkpoint=None)
+    base = _config(tmp_path)
     assert base.tracking  # the default
     tracked, a = _run(base, rig, fs)
     head, b = _run(dataclasses.replace(base, tracking=False), rig, fs)
@@ -130,8 +133,7 @@ def test_an_undecodable_camera_image_makes_that_camera_missing_in_its_frame(fram
     from drivers.messages import CameraImage
 
     rig, fs = frames
-    cfg = dataclasses.replace(PipelineConfig.load(ROOT / "configs" / "pipeline_default.yaml"),
-                              model_cache=str(tmp_path), siren_checkpoint=None)
+    cfg = _config(tmp_path)
     pipeline, _ = build_pipeline(cfg, rig, timing=False)
     good = fs[2].messages["cam_front"]
     broken = CameraImage(good.sensor_id, good.stamp_ns, good.seq, None, b"\xff\xd8\xff not a JPEG after all")
@@ -153,8 +155,7 @@ def test_an_undecodable_camera_image_makes_that_camera_missing_in_its_frame(fram
 
 def test_a_larger_bev_range_runs_the_same_weights_and_keeps_the_near_detections(frames, tmp_path):
     rig, fs = frames
-    base = dataclasses.replace(PipelineConfig.load(ROOT / "configs" / "pipeline_default.yaml"),
-                               model_cache=str(tmp_path), siren_checkpoint=None, tracking=False, bev_range_m=None)
+    base = _config(tmp_path, tracking=False, bev_range_m=None)
     near, a = _run(base, rig, fs)  # the checkpoint's grid
     far, b = _run(dataclasses.replace(base, bev_range_m=60.8), rig, fs)
     assert (near.cfg.grid.nx, far.cfg.grid.nx) == (128, 152) and far.cfg.grid.x_max == 60.8
@@ -169,11 +170,3 @@ def test_a_larger_bev_range_runs_the_same_weights_and_keeps_the_near_detections(
         assert (np.abs(da.boxes[:, :2]) < 51.2).all()
         beyond += int((np.abs(db.boxes[:, :2]) >= 51.2).any(axis=1).sum())
     assert beyond > 0  # and it detects out there
-
-
-def test_a_bev_range_off_the_backbone_steps_is_refused(frames, tmp_path):
-    rig, _ = frames
-    cfg = dataclasses.replace(PipelineConfig.load(ROOT / "configs" / "pipeline_default.yaml"),
-                              model_cache=str(tmp_path), siren_checkpoint=None, bev_range_m=60.0)
-    with pytest.raises(ValueError, match="bev_range_m must be a positive multiple of 1.6 m"):
-        build_pipeline(cfg, rig)
