@@ -1,8 +1,9 @@
 """Recording write speed: our RecordingWriter against the reference `mcap` + `mcap_ros2` writer.
 
 Both write the same drive-sized stream (LiDAR sweeps, radar scans, IMU samples; camera JPEG encoding is
-left out because both sides would call the same cv2.imencode) with zstd chunks into one .mcap file.
-Prints a table with the median of several runs and the ratio reference / ours.
+left out because both sides would call the same cv2.imencode) into one .mcap file with zstd chunks; ours
+also with lz4 chunks (its default). Prints a table with the median of several runs, the file size and the
+ratio reference / this.
 
     python benchmarks/bench_recording.py [--runs 5] [--sweeps 50]
 """
@@ -47,8 +48,8 @@ def make_stream(n_sweeps: int, seed: int = 0) -> list:
     return msgs
 
 
-def write_ours(path: Path, rig: Rig, msgs: list) -> None:
-    with RecordingWriter(path, rig) as w:
+def write_ours(path: Path, rig: Rig, msgs: list, compression: str) -> None:
+    with RecordingWriter(path, rig, compression=compression) as w:
         for m in msgs:
             w.write(m)
 
@@ -99,23 +100,28 @@ def main() -> None:
     rig = default_rig(2)
     raw_mb = sum(m.points.nbytes + m.time_offset.nbytes + m.ring.nbytes if isinstance(m, LidarSweep) else 0
                  for m in msgs) / 1e6
-    times: dict[str, list[float]] = {"ours (RecordingWriter)": [], "reference (mcap_ros2 Writer)": []}
+    writers = {"ours, zstd (RecordingWriter)": lambda p: write_ours(p, rig, msgs, "zstd"),
+               "ours, lz4 (default)": lambda p: write_ours(p, rig, msgs, "lz4"),
+               "reference (mcap_ros2 Writer)": lambda p: write_reference(p, msgs)}
+    times: dict[str, list[float]] = {name: [] for name in writers}
+    sizes: dict[str, int] = {}
     with tempfile.TemporaryDirectory() as d:
         for _ in range(args.runs):
-            for name, fn in (("ours (RecordingWriter)", lambda p: write_ours(p, rig, msgs)),
-                             ("reference (mcap_ros2 Writer)", lambda p: write_reference(p, msgs))):
+            for name, fn in writers.items():
                 p = Path(d) / "x.mcap"
                 t = time.perf_counter()
                 fn(p)
                 times[name].append(time.perf_counter() - t)
+                sizes[name] = p.stat().st_size
                 p.unlink()
     ref = statistics.median(times["reference (mcap_ros2 Writer)"])
     print(f"{len(msgs)} messages ({args.sweeps} sweeps of 35k points, {raw_mb:.0f} MB of point data), "
           f"median of {args.runs} runs")
-    print(f"{'writer':<32}{'median s':>10}{'min s':>8}{'msgs/s':>10}{'ratio ref/this':>16}")
+    print(f"{'writer':<32}{'median s':>10}{'min s':>8}{'msgs/s':>10}{'file MB':>9}{'ratio ref/this':>16}")
     for name, ts in times.items():
         med = statistics.median(ts)
-        print(f"{name:<32}{med:>10.3f}{min(ts):>8.3f}{len(msgs) / med:>10.0f}{ref / med:>16.2f}")
+        print(f"{name:<32}{med:>10.3f}{min(ts):>8.3f}{len(msgs) / med:>10.0f}{sizes[name] / 1e6:>9.1f}"
+              f"{ref / med:>16.2f}")
 
 
 if __name__ == "__main__":

@@ -47,7 +47,7 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
     }
     counts: dict[str, int] = {}
     span_ns = int(config.duration_s * 1e9)
-    with RecordingWriter(out, rig, metadata=metadata, jpeg_quality=args.jpeg_quality,
+    with RecordingWriter(out, rig, metadata=metadata, jpeg_quality=args.jpeg_quality, compression=args.compression,
                          compression_level=args.compression_level) as writer, tqdm(
         total=round(config.duration_s, 1), unit="sim s", desc="simulate", disable=args.quiet,
         bar_format="{l_bar}{bar}| {n:.1f}/{total:.1f} sim s [{elapsed}<{remaining}]",
@@ -150,8 +150,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="simulation config YAML (default: configs/sim_default.yaml)")
     p.add_argument("--lidar-columns", type=int, help="LiDAR azimuth columns per revolution (default: from --config)")
     p.add_argument("--jpeg-quality", type=int, default=90, help="JPEG quality of camera images (default 90)")
+    p.add_argument("--compression", choices=["lz4", "zstd", "none"], default="lz4",
+                   help="chunk compression: lz4 (default; fastest to write and replay) or zstd (about a quarter "
+                        "smaller files)")
     p.add_argument("--compression-level", type=int, default=1,
-                   help="zstd level of the recording's chunks, 1 (fast) .. 19 (small); default 1")
+                   help="zstd level with --compression zstd, 1 (fast) .. 19 (small); default 1")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.add_argument("--scenario", choices=["drive", "boards"], default="drive",
                    help="drive (default), or boards: a parked car shown a chessboard at several poses, for "

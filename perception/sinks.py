@@ -38,7 +38,7 @@ detections left the pipeline, on the same clock as ``dets.stamp_ns`` (latency = 
 Copying sensor data: the copied channels are moved as raw records (schema text, channel metadata,
 log/publish time, sequence and CDR payload byte for byte), never decoded and re-encoded: lossless (no JPEG
 re-compression) and half the time (measured on a simulated drive with two cameras, radar and 33k-point
-sweeps: 16 ms per frame against 30 ms through RecordingReader -> RecordingWriter; zstd compression of the
+sweeps: 16 ms per frame against 30 ms through RecordingReader -> RecordingWriter; compression of the
 new chunks is most of what is left). They are copied progressively: before a frame's detections, every input
 message logged at or before its stamp; at close, up to one frame period past the last frame. A detections
 file whose sensors were copied is itself a recording :class:`~drivers.recording.RecordingReader` can replay
@@ -46,8 +46,8 @@ file whose sensors were copied is itself a recording :class:`~drivers.recording.
 
 File layout and crash safety (the same layout as ``drivers/recording.py``): header, then the rig attachment
 and the metadata records, then schema and channel records outside chunks (each written before the first
-chunk that uses it), then one zstd chunk per frame with its message indexes, flushed to the OS after every
-``write``. A run killed with SIGKILL keeps every frame whose ``write`` returned; readers recover a file
+chunk that uses it), then one compressed chunk (lz4 by default) per frame with its message indexes, flushed
+to the OS after every ``write``. A run killed with SIGKILL keeps every frame whose ``write`` returned; readers recover a file
 without a summary by scanning it (``RecordingReader``, ``mcap``'s ``NonSeekingReader``, Foxglove).
 The records are written by :class:`drivers.recording.McapRecordWriter`, the record layer of
 :class:`~drivers.recording.RecordingWriter` (which itself takes only our sensor message types and sets
@@ -71,6 +71,7 @@ import zstandard
 from calibration.rig import EGO_FRAME
 from drivers import ros_msgs
 from drivers.recording import (
+    COMPRESSION,
     METADATA_NAME,
     RIG_ATTACHMENT,
     McapRecordWriter,
@@ -584,7 +585,8 @@ class DetectionsMcapSink:
             stop) and close() copies input up to one period past the last frame.
         metadata: extra key/value strings for the ``"detections"`` metadata record (git revision, config).
         chunk_size: a chunk is also cut when its uncompressed size reaches this [bytes] (copied sensor data).
-        compression_level: zstd level 1..22.
+        compression: chunk compression, one of ``drivers.recording.COMPRESSIONS`` (lz4 by default).
+        compression_level: zstd level 1..22 (with ``compression="zstd"``).
 
     Raises:
         ValueError: a sensor in ``copy_sensors`` is not in the input (or there is no input), bad arguments.
@@ -596,7 +598,8 @@ class DetectionsMcapSink:
 
     def __init__(self, path: str | os.PathLike, input_recording: RecordingReader | None,
                  copy_sensors: Sequence[str], class_names: Sequence[str], frame_period_ns: int = 100_000_000,
-                 metadata: dict[str, str] | None = None, chunk_size: int = 4 << 20, compression_level: int = 1) -> None:
+                 metadata: dict[str, str] | None = None, chunk_size: int = 4 << 20, compression: str = COMPRESSION,
+                 compression_level: int = 1) -> None:
         self.path = Path(path)
         self.class_names = tuple(class_names)
         if not self.class_names:
@@ -629,8 +632,8 @@ class DetectionsMcapSink:
         self._pending = None
         self._out_channel: dict[int, int] = {}  # input channel id -> output channel id
 
-        try:  # ValueError for chunk_size or compression_level out of range
-            self._mcap = McapRecordWriter(self.path, LIBRARY, int(chunk_size), int(compression_level))
+        try:  # ValueError for chunk_size, compression or compression_level out of range
+            self._mcap = McapRecordWriter(self.path, LIBRARY, int(chunk_size), compression, int(compression_level))
         except OSError as e:
             raise SinkError(f"cannot create {self.path}: {e.strerror}") from e
         try:
@@ -747,7 +750,7 @@ class DetectionsMcapSink:
                 except StopIteration:
                     self._input = None
                     return
-                except (McapError, ValueError, struct.error, zstandard.ZstdError) as e:
+                except (McapError, ValueError, struct.error, zstandard.ZstdError, RuntimeError) as e:  # lz4: RuntimeError
                     log.warning("%s: input recording unreadable past this point (%s: %s); sensor copying stops",
                                 self.path, type(e).__name__, e)
                     self._input = None

@@ -133,6 +133,31 @@ def test_every_message_type_reads_back_equal(tmp_path, rig):
         assert_same_message(a, b, jpeg=True)
 
 
+@pytest.mark.parametrize("compression", ["zstd", "none"])
+def test_zstd_and_uncompressed_chunks_read_back_equal_here_and_in_the_mcap_reader(tmp_path, rig, compression):
+    from mcap.reader import make_reader
+
+    msgs = make_drive(np.random.default_rng(3), 2)
+    path = write(tmp_path / f"{compression}.mcap", rig, msgs, chunk_size=16384, compression=compression)
+    with open(path, "rb") as f:
+        reader = make_reader(f)
+        names = {c.compression for c in reader.get_summary().chunk_indexes}
+        sweeps = sum(1 for _ in reader.iter_messages(topics=["/lidar_top/points"]))
+    assert names == {"" if compression == "none" else compression}
+    assert sweeps == sum(isinstance(m, LidarSweep) for m in msgs) > 0
+    with RecordingReader(path) as r:
+        got = list(r.messages())
+    assert len(got) == len(msgs)
+    for a, b in zip(msgs, got):
+        assert_same_message(a, b, jpeg=True)
+
+
+def test_unknown_compression_is_refused_before_the_file_is_created(tmp_path, rig):
+    with pytest.raises(RecordingError, match=r"compression must be one of lz4, zstd, none, got 'gzip'"):
+        RecordingWriter(tmp_path / "x.mcap", rig, compression="gzip")
+    assert not (tmp_path / "x.mcap").exists()
+
+
 def test_raw_images_round_trip_losslessly_without_jpeg(tmp_path, rig):
     rng = np.random.default_rng(2)
     msgs = [CameraImage("cam_front", T0 + k, k, rng.integers(0, 256, (48, 64, 3), dtype=np.uint8)) for k in range(3)]
@@ -648,7 +673,7 @@ def test_corrupted_chunk_fails_its_crc_after_earlier_messages(tmp_path, rig):
     from mcap.reader import make_reader
 
     rng = np.random.default_rng(12)
-    # noise images JPEG-encode to incompressible bytes, stored raw by zstd: a flipped byte decompresses
+    # noise images JPEG-encode to incompressible bytes, stored raw by lz4: a flipped byte decompresses
     # fine and only the CRC can tell
     msgs = [CameraImage("cam_front", T0 + k * 50_000_000, k, rng.integers(0, 256, (48, 64, 3), dtype=np.uint8))
             for k in range(30)]
