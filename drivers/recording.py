@@ -251,8 +251,8 @@ class McapRecordWriter:
         compression_level: zstd level 1..22 (used with ``compression="zstd"`` only).
         profile: the Header record's profile.
 
-    Raises ValueError for an out-of-range ``chunk_size``, ``compression`` or ``compression_level``; OSError (from the file)
-    here and in every method when the file cannot be created or written. Not thread-safe.
+    Raises ValueError for an out-of-range ``chunk_size``, ``compression`` or ``compression_level``; OSError
+    (from the file) here and in every method when the file cannot be created or written. Not thread-safe.
     """
 
     def __init__(self, path: str | os.PathLike, library: str, chunk_size: int = 1 << 20,

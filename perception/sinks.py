@@ -47,8 +47,8 @@ file whose sensors were copied is itself a recording :class:`~drivers.recording.
 File layout and crash safety (the same layout as ``drivers/recording.py``): header, then the rig attachment
 and the metadata records, then schema and channel records outside chunks (each written before the first
 chunk that uses it), then one compressed chunk (lz4 by default) per frame with its message indexes, flushed
-to the OS after every ``write``. A run killed with SIGKILL keeps every frame whose ``write`` returned; readers recover a file
-without a summary by scanning it (``RecordingReader``, ``mcap``'s ``NonSeekingReader``, Foxglove).
+to the OS after every ``write``. A run killed with SIGKILL keeps every frame whose ``write`` returned;
+readers recover a file without a summary by scanning it (``RecordingReader``, ``mcap``'s ``NonSeekingReader``, Foxglove).
 The records are written by :class:`drivers.recording.McapRecordWriter`, the record layer of
 :class:`~drivers.recording.RecordingWriter` (which itself takes only our sensor message types and sets
 publish_time = log_time).
@@ -750,7 +750,8 @@ class DetectionsMcapSink:
                 except StopIteration:
                     self._input = None
                     return
-                except (McapError, ValueError, struct.error, zstandard.ZstdError, RuntimeError) as e:  # lz4: RuntimeError
+                # lz4's decompression errors are RuntimeError
+                except (McapError, ValueError, struct.error, zstandard.ZstdError, RuntimeError) as e:
                     log.warning("%s: input recording unreadable past this point (%s: %s); sensor copying stops",
                                 self.path, type(e).__name__, e)
                     self._input = None

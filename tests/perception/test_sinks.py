@@ -359,3 +359,39 @@ def test_background_sink_thread_yields_the_cpu_to_the_pipeline():
         sink.write(Detections3D.empty(1_000), 2_000)
     assert probe.policies == [os.SCHED_IDLE]
     assert os.sched_getscheduler(0) != os.SCHED_IDLE  # the caller's own thread is left as it was
+
+
+def test_a_corrupt_input_chunk_stops_the_copy_with_a_warning_and_every_frame_is_still_written(
+        drive, tmp_path, caplog):
+    from mcap.reader import make_reader
+
+    with open(drive, "rb") as f:
+        chunks = make_reader(f).get_summary().chunk_indexes
+    assert {c.compression for c in chunks} == {"lz4"} and len(chunks) >= 3
+    bad = chunks[len(chunks) // 2]
+    data = bytearray(drive.read_bytes())
+    # the chunk record: opcode, length, start, end, uncompressed size, crc, "lz4", compressed size, then the
+    # lz4 frame, whose magic number is overwritten
+    payload = bad.chunk_start_offset + 1 + 8 + 8 + 8 + 8 + 4 + 4 + 3 + 8
+    assert bytes(data[payload:payload + 4]) == b"\x04\x22\x4d\x18"
+    data[payload:payload + 4] = b"\0\0\0\0"
+    damaged = tmp_path / "damaged.mcap"
+    damaged.write_bytes(bytes(data))
+
+    rec = RecordingReader(damaged)
+    stamps = [gt.stamp_ns for gt in RecordingReader(drive).messages(sensors=["ground_truth"])]
+    out = tmp_path / "detections.mcap"
+    with caplog.at_level("WARNING", logger="perception.sinks"):
+        with DetectionsMcapSink(out, rec, ["lidar_top"], CLASS_NAMES) as sink:
+            for k, stamp in enumerate(stamps):
+                sink.write(_frame_dets(stamp, k, np.zeros((0, 7))), stamp + 30_000_000)
+    rec.close()
+    assert "input recording unreadable past this point (RuntimeError" in caplog.text
+    assert "sensor copying stops" in caplog.text
+    decoded = _decoded(out)
+    assert [m[1] for m in decoded[BOXES_TOPIC]] == stamps
+    with open(out, "rb") as f:
+        copied = [m.log_time for _, _, m in make_reader(f).iter_messages(topics=["/lidar_top/points"])]
+    with open(drive, "rb") as f:
+        every = [m.log_time for _, _, m in make_reader(f).iter_messages(topics=["/lidar_top/points"])]
+    assert 0 < len(copied) < len(every) and max(copied) <= bad.message_start_time
