@@ -25,6 +25,7 @@ from calibration.rig import Rig
 from drivers.messages import AudioChunk
 from perception.audio import (DOA_WINDOW_S, SPEED_OF_SOUND_MPS, VEHICLE_CLASSES, SirenDetector, _wrap,
                               associate_sirens, mic_positions_ego)
+from perception.bev import footprint_overlap
 from perception.decode import Detections3D
 from perception.sync import SyncedFrame
 
@@ -59,6 +60,11 @@ EXTRAPOLATE_S = 0.3
 # does not take it, and a wrong first choice (the siren vehicle not yet detected) is given up once the
 # right one has been seen to match better. A siren unheard for OWNER_MAX_GAP_S frees its vehicle.
 SCORE_DECAY = 0.5
+# One vehicle, two boxes: the detector may see one vehicle as both a car and a truck (a van-sized
+# emergency vehicle sits between the two classes' sizes), and the two classes are suppressed separately.
+# The siren belongs to the vehicle, so every car or truck box sharing at least SAME_OBJECT_OVERLAP of the
+# smaller footprint with the chosen box gets it too, whatever its score.
+SAME_OBJECT_OVERLAP = 0.4
 RESIDUAL_CAP_RAD = math.radians(20.0)
 OWNER_MARGIN_RAD = math.radians(1.0)
 OWNER_MAX_GAP_S = 0.5
@@ -257,6 +263,11 @@ class SirenStage:
             self._owner, self._owner_ns = int(ids[chosen]), frame.stamp_ns
         siren = dets.siren.copy()
         siren[keep] = out.siren
+        if chosen >= 0:
+            vehicles = np.flatnonzero(np.isin(dets.labels, [k for k, name in enumerate(dets.class_names)
+                                                            if name in VEHICLE_CLASSES]))
+            same = footprint_overlap(dets.boxes[keep[chosen]], dets.boxes[vehicles]) >= SAME_OBJECT_OVERLAP
+            siren[vehicles[same]] = True
         events = tuple(e if e.detection_index < 0 else
                        type(e)(e.stamp_ns, e.bearing_rad, e.probability, int(keep[e.detection_index]))
                        for e in out.siren_events[len(sub.siren_events):])

@@ -369,8 +369,8 @@ def _attributed(stage, stamp_ns, bearing_deg, cars, ids, level_db=float("nan")):
 
 
 def test_siren_stage_keeps_the_siren_on_its_track():
-    # Two parked cars 2 degrees apart (tracks 7 and 8).
-    two = [(30.0, 0.0), (30.0, 1.05)]
+    # Two parked cars 2 degrees apart (tracks 7 and 8), 60 m away: side by side with 0.2 m between them.
+    two = [(60.0, 0.0), (60.0, 2.1)]
     stage, gap = _siren_stage(), _siren_stage()
     for st in (stage, gap):
         assert _attributed(st, 1_000_000_000, 0.5, two, [7, 8]) == [True, False]
@@ -443,8 +443,51 @@ def test_siren_stage_gives_the_siren_only_to_a_vehicle_at_the_range_its_level_sa
 
 def test_siren_stage_without_tracking_matches_frame_by_frame():
     # tracking: false in the pipeline config leaves no identities: each frame is matched on its own.
-    two = [(30.0, 0.0), (30.0, 1.05)]
+    two = [(60.0, 0.0), (60.0, 2.1)]
     stage = _siren_stage()
     assert _attributed(stage, 1_000_000_000, 0.5, two, None) == [True, False]
     assert _attributed(stage, 1_100_000_000, 1.5, two, None) == [False, True]
     assert stage._seen == {} and stage._owner == -1
+
+
+def test_every_box_of_the_siren_vehicle_gets_the_siren():
+    # A van-sized emergency vehicle seen twice: a truck box (score 0.4, 9 m long, its centre pushed 2 m out)
+    # and a car box (score 0.1, below the stage's MIN_SCORE) on the same footprint. The car queued behind it
+    # (the too-long truck box reaches 1 m into it) and a truck in the next lane are other vehicles.
+    from drivers.messages import VehicleSpeed
+    from perception.audio import SirenEstimate
+    from perception.sync import SyncedFrame
+
+    boxes = np.array([[32.0, 0.0, 1.0, 9.0, 2.6, 2.5, 0.0],     # the van as a truck
+                      [30.0, 0.2, 1.0, 5.5, 2.2, 2.0, 0.0],     # the van as a car
+                      [37.75, 0.0, 1.0, 4.5, 1.9, 1.6, 0.0],    # the car behind it
+                      [31.0, 3.6, 1.0, 9.5, 2.6, 3.0, 0.0]],    # a truck in the next lane
+                     np.float32)
+    dets = Detections3D(1_000_000_000, boxes, np.zeros((4, 2), np.float32), np.array([0.4, 0.1, 0.3, 0.7], np.float32),
+                        np.array([CLASS_NAMES.index(c) for c in ("truck", "car", "car", "truck")], np.int32),
+                        np.zeros(4, bool), CLASS_NAMES, (), np.array([1, 2, 3, 4], np.int64))
+    stage = _siren_stage()
+    stage._estimate = SirenEstimate(900_000_000, 0.99, 0.0, 1.0, float("nan"))
+    out = stage(SyncedFrame(1_000_000_000, 0, {}, (), (VehicleSpeed("vehicle_speed", 1_000_000_000, 0, 0.0),), (),
+                            frozenset()), dets)
+    assert out.siren.tolist() == [True, True, False, False]
+    assert [e.detection_index for e in out.siren_events] == [0]  # the event names the chosen box
+
+
+def test_footprint_overlap_is_the_shared_part_of_the_smaller_box():
+    from perception.bev import footprint_overlap
+
+    car = np.array([0.0, 0.0, 0.0, 4.0, 2.0, 1.5, 0.0])
+    others = np.array([[0.0, 0.0, 0.0, 4.0, 2.0, 1.5, 0.0],          # the same box
+                       [2.0, 0.0, 0.0, 4.0, 2.0, 1.5, 0.0],          # half of it
+                       [4.1, 0.0, 0.0, 4.0, 2.0, 1.5, 0.0],          # beside it
+                       [0.0, 0.0, 0.0, 4.0, 2.0, 1.5, np.pi / 2],    # crossed: a 2 x 2 square of 8 m^2
+                       [0.0, 0.0, 0.0, 10.0, 4.0, 1.0, 0.3],         # a larger box around it
+                       [0.0, 0.0, 0.0, 4.0, 2.0, 1.5, np.pi]])       # turned around: the same footprint
+    assert np.allclose(footprint_overlap(car, others), [1.0, 0.5, 0.0, 0.5, 1.0, 1.0])
+    # A 2 x 2 square turned 45 degrees, centred on the car's front edge: the car holds its back half less
+    # the two tips beyond |y| = 1, 2 * integral_0^1 (sqrt(2) - y) dy = 2 sqrt(2) - 1 of its 4 m^2.
+    s = np.sqrt(2.0)
+    diamond = np.array([[2.0, 0.0, 0.0, 2.0, 2.0, 1.0, np.pi / 4], [2.0 + s, 0.0, 0.0, 2.0, 2.0, 1.0, np.pi / 4]])
+    assert np.allclose(footprint_overlap(car, diamond), [(2 * s - 1) / 4, 0.0])  # the second touches a point
+    assert footprint_overlap(car, np.zeros((0, 7))).shape == (0,)
