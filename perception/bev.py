@@ -7,7 +7,6 @@ x_min <= x < x_max, y_min <= y < y_max and z_min <= z < z_max. Linear cell index
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -61,15 +60,6 @@ class BevGrid:
         return BevGrid(self.x_min, self.x_max, self.y_min, self.y_max, self.z_min, self.z_max, self.cell * factor)
 
 
-def box_footprint(box: np.ndarray) -> list[tuple[float, float]]:
-    """The 4 corners (x, y) [m] of a box's ground footprint, counter-clockwise. ``box``: x y z length width
-    height yaw (a ``Detections3D.boxes`` row)."""
-    x, y, _, length, width, _, yaw = (float(v) for v in box[:7])
-    c, s = math.cos(yaw), math.sin(yaw)
-    hl, hw = length / 2, width / 2
-    return [(x + c * dx - s * dy, y + s * dx + c * dy) for dx, dy in ((hl, -hw), (hl, hw), (-hl, hw), (-hl, -hw))]
-
-
 def _clip_convex(subject: list, clipper: list) -> list:
     """Sutherland-Hodgman: the part of convex polygon ``subject`` inside convex ``clipper``, both lists of
     (x, y) counter-clockwise. Plain floats: a few corners each, where numpy's per-call cost would dominate."""
@@ -93,15 +83,21 @@ def _clip_convex(subject: list, clipper: list) -> list:
 
 def footprint_overlap(box: np.ndarray, others: np.ndarray) -> np.ndarray:
     """How much of the smaller footprint two boxes share: intersection area over the smaller of the two
-    ground footprint areas, in [0, 1], for ``box`` (7,) against each row of ``others`` (N, 7). Two vehicles
-    cannot overlap on the ground, so a large value means two detections of one object."""
+    ground footprint areas, in [0, 1], for ``box`` (7,) against each row of ``others`` (N, 7) (x y z length
+    width height yaw). Two vehicles cannot overlap on the ground, so a large value means two detections of
+    one object."""
+    from calibration.importers import box_corners  # here: the module costs 0.1 s to import
+
     out = np.zeros(len(others))
-    a = box_footprint(box)
-    area_a = float(box[3]) * float(box[4])
     reach = 0.5 * np.hypot(box[3], box[4]) + 0.5 * np.hypot(others[:, 3], others[:, 4])
     near = np.flatnonzero(np.hypot(others[:, 0] - box[0], others[:, 1] - box[1]) < reach)
-    for j in near.tolist():
-        inter = _clip_convex(a, box_footprint(others[j]))
+    if not len(near):
+        return out
+    # bottom faces, reversed: box_corners runs them clockwise seen from above
+    feet = box_corners(np.vstack([box[None, :7], others[near, :7]]))[:, 3::-1, :2].tolist()
+    area_a = float(box[3]) * float(box[4])
+    for j, foot in zip(near.tolist(), feet[1:]):
+        inter = _clip_convex(feet[0], foot)
         if len(inter) < 3:
             continue
         area = 0.5 * abs(sum(x0 * y1 - x1 * y0 for (x0, y0), (x1, y1) in zip(inter, inter[1:] + inter[:1])))
