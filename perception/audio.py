@@ -80,6 +80,7 @@ SIREN_INPUT = "log_mel"  # (1, 1, N_MELS, N_FRAMES) float32 [dB re full scale^2]
 SIREN_OUTPUT = "siren_prob"  # (1, 1) float32 in [0, 1]
 
 VEHICLE_CLASSES = ("car", "truck")  # the classes a siren can be attached to
+
 # Bearings closer than this to the best count as a tie (one vehicle right behind another). Small: once the
 # detections are moved back to where the sound left them (audio_stage), the array's bearing of a siren
 # vehicle is within 0.1-0.5 degrees of its box, while the next car in the same lane is often 0.3-2 degrees
@@ -504,6 +505,11 @@ def _wrap(angle: np.ndarray) -> np.ndarray:
     return (np.asarray(angle) + np.pi) % (2.0 * np.pi) - np.pi
 
 
+def is_vehicle(dets: Detections3D) -> np.ndarray:
+    """(N,) bool: the detections of a class a siren can be attached to (VEHICLE_CLASSES)."""
+    return np.isin(dets.labels, [k for k, name in enumerate(dets.class_names) if name in VEHICLE_CLASSES])
+
+
 def associate_sirens(dets: Detections3D, stamp_ns: int, probability: float, bearing_rad: float,
                      threshold: float, max_bearing_err_rad: float | np.ndarray, prefer: int = -1,
                      prefer_margin_rad: float = 0.0, heard_bearing_rad: np.ndarray | None = None,
@@ -550,14 +556,13 @@ def associate_sirens(dets: Detections3D, stamp_ns: int, probability: float, bear
         raise ValueError(f"associate_sirens: bearing_rad must be finite, got {bearing_rad}")
     if probability < threshold:
         return dets
-    vehicle_ids = [k for k, name in enumerate(dets.class_names) if name in VEHICLE_CLASSES]
     x, y = dets.boxes[:, 0].astype(np.float64), dets.boxes[:, 1].astype(np.float64)
     heard = np.arctan2(y, x) if heard_bearing_rad is None else np.asarray(heard_bearing_rad, np.float64)
     err = np.abs(_wrap(heard - bearing_rad))
     rank = err if rank_err_rad is None else np.asarray(rank_err_rad, np.float64)
     if not -1 <= prefer < len(dets):
         raise ValueError(f"associate_sirens: prefer must be -1 or a detection index < {len(dets)}, got {prefer}")
-    candidate = np.isin(dets.labels, vehicle_ids) & (err <= gate)
+    candidate = is_vehicle(dets) & (err <= gate)
     index = -1
     if candidate.any():
         best = rank[candidate].min()

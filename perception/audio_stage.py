@@ -23,8 +23,8 @@ import numpy as np
 
 from calibration.rig import Rig
 from drivers.messages import AudioChunk
-from perception.audio import (DOA_WINDOW_S, SPEED_OF_SOUND_MPS, VEHICLE_CLASSES, SirenDetector, _wrap,
-                              associate_sirens, mic_positions_ego)
+from perception.audio import (DOA_WINDOW_S, SPEED_OF_SOUND_MPS, SirenDetector, _wrap, associate_sirens,
+                              is_vehicle, mic_positions_ego)
 from perception.bev import footprint_overlap
 from perception.decode import Detections3D
 from perception.sync import SyncedFrame
@@ -161,11 +161,9 @@ class SirenStage:
         """Keep every tracked vehicle's bearing, HISTORY_S back."""
         if dets.track_ids is None:
             return
-        vehicles = {k for k, name in enumerate(dets.class_names) if name in VEHICLE_CLASSES}
-        for j in np.flatnonzero(dets.track_ids >= 0):
-            if int(dets.labels[j]) in vehicles:
-                bearing = math.atan2(float(dets.boxes[j, 1]), float(dets.boxes[j, 0]))
-                self._seen.setdefault(int(dets.track_ids[j]), []).append((dets.stamp_ns, bearing))
+        for j in np.flatnonzero((dets.track_ids >= 0) & is_vehicle(dets)):
+            bearing = math.atan2(float(dets.boxes[j, 1]), float(dets.boxes[j, 0]))
+            self._seen.setdefault(int(dets.track_ids[j]), []).append((dets.stamp_ns, bearing))
         oldest = dets.stamp_ns - int(HISTORY_S * 1e9)
         for tid in list(self._seen):
             kept = [e for e in self._seen[tid] if e[0] >= oldest]
@@ -264,8 +262,7 @@ class SirenStage:
         siren = dets.siren.copy()
         siren[keep] = out.siren
         if chosen >= 0:
-            vehicles = np.flatnonzero(np.isin(dets.labels, [k for k, name in enumerate(dets.class_names)
-                                                            if name in VEHICLE_CLASSES]))
+            vehicles = np.flatnonzero(is_vehicle(dets))
             same = footprint_overlap(dets.boxes[keep[chosen]], dets.boxes[vehicles]) >= SAME_OBJECT_OVERLAP
             siren[vehicles[same]] = True
         events = tuple(e if e.detection_index < 0 else
