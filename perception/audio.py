@@ -35,6 +35,15 @@ around it. A planar array cannot tell up from down; sources are assumed near the
 for vehicles and costs little for the ground reflection (cos(elevation) shrinks all delays alike).
 ``quality`` is the steered response at the peak divided by its value for a perfect plane wave (1: every
 bin of every pair agrees on the direction; ~0: diffuse noise).
+
+Spatial aliasing: the rig's microphones are 0.2 m apart, and pairs that far apart are ambiguous above
+c / (2 d) = 860 Hz. A siren sweeping through the band spreads its bins over many frequencies, whose
+ambiguous directions differ, so only the true one adds up. Near the top of a wail the tone holds still for
+a few tenths of a second: its fundamental and harmonics then agree on a second direction almost as well.
+In a simulated drive that second peak scored 0.8-1.1 of the true one. So the estimate
+keeps every other local maximum of the steered response within DOA_ALIAS_RATIO of the best as another
+possible bearing. The audio stage lets the vehicle that has the siren keep it while its bearing is one
+of them: an alias taking the peak for a moment does not move the siren, and does not give it to anyone.
 """
 
 from __future__ import annotations
@@ -73,6 +82,11 @@ DOA_WINDOW_S = 0.5  # the detector takes the bearing from the newest 0.5 s (a pa
 DOA_PEAK_DB = 20.0  # bins within this of the frame's strongest in-band bin count as siren bins
 DOA_COARSE_DEG = 0.5
 DOA_FINE_DEG = 0.02
+# Other local maxima of the steered response at least this fraction of the best are kept as other possible
+# bearings (see "Spatial aliasing" in the module docstring). In the simulated drive of seed 9208 the alias
+# of a siren at the top of its sweep scored 0.8-1.1 of the true peak, while the sidelobes of a single
+# bearing stay under a third of the peak.
+DOA_ALIAS_RATIO = 0.7
 
 # Network contract (perception/models/siren.py builds its NetworkSpec from these).
 SIREN_NETWORK = "siren"
@@ -342,9 +356,10 @@ def doa_bearing(audio: np.ndarray, mic_positions: np.ndarray, sample_rate: int,
 
 
 def _doa(audio: np.ndarray, mic_positions: np.ndarray, sample_rate: int,
-         band_hz: tuple[float, float] = SIREN_BAND_HZ) -> tuple[float, float, float]:
-    """:func:`doa_bearing`'s bearing and quality, and :func:`tonal_level_db` of the same audio, from one
-    spectrum."""
+         band_hz: tuple[float, float] = SIREN_BAND_HZ) -> tuple[float, float, float, tuple[float, ...]]:
+    """:func:`doa_bearing`'s bearing and quality, :func:`tonal_level_db` of the same audio (one spectrum),
+    and the other possible bearings: the bearings [rad] of the other local maxima of the steered response
+    scoring at least DOA_ALIAS_RATIO of the best, strongest first (usually none)."""
     x = np.asarray(audio, dtype=np.float64)
     mics = np.asarray(mic_positions, dtype=np.float64)
     if x.ndim != 2 or mics.shape != (x.shape[0], 3) or x.shape[0] < 2:
@@ -364,7 +379,7 @@ def _doa(audio: np.ndarray, mic_positions: np.ndarray, sample_rate: int,
     cross = np.where(weight[None], cross / np.maximum(np.abs(cross), 1e-30), 0.0).sum(axis=1)  # (P, B)
     total = float(weight.sum()) * len(i)
     if total == 0.0:
-        return 0.0, 0.0, level
+        return 0.0, 0.0, level, ()
     # Only bins that were tonal in some frame carry anything: steering the others would multiply zeros
     # (a siren fills a few dozen of the band's ~260 bins, so this is most of the cost saved).
     used = np.any(cross != 0, axis=0)
@@ -377,15 +392,23 @@ def _doa(audio: np.ndarray, mic_positions: np.ndarray, sample_rate: int,
         steer = np.exp(-2j * np.pi * fb[None, :, None] * tau[:, None, :])  # (P, B, G)
         return np.einsum("pb,pbg->g", cross, steer).real
 
+    def refine(theta: float) -> tuple[float, float]:
+        fine = theta + np.radians(np.arange(-DOA_COARSE_DEG, DOA_COARSE_DEG + 1e-9, DOA_FINE_DEG))
+        response = srp(fine)
+        k = int(np.argmax(response))
+        bearing = math.atan2(math.sin(fine[k]), math.cos(fine[k]))
+        return (math.pi if bearing <= -math.pi else bearing), float(response[k])
+
     coarse = np.radians(np.arange(-180.0, 180.0, DOA_COARSE_DEG))
-    best = coarse[int(np.argmax(srp(coarse)))]
-    fine = best + np.radians(np.arange(-DOA_COARSE_DEG, DOA_COARSE_DEG + 1e-9, DOA_FINE_DEG))
-    response = srp(fine)
-    k = int(np.argmax(response))
-    bearing = math.atan2(math.sin(fine[k]), math.cos(fine[k]))
-    if bearing <= -math.pi:
-        bearing = math.pi
-    return bearing, float(np.clip(response[k] / total, 0.0, 1.0)), level
+    response = srp(coarse)
+    top = int(np.argmax(response))
+    bearing, best = refine(coarse[top])
+    # the other local maxima of the circular grid that come close to the best, strongest first
+    local = np.flatnonzero((response > np.roll(response, 1)) & (response >= np.roll(response, -1)))
+    close = [k for k in local[np.argsort(-response[local], kind="stable")]
+             if k != top and response[k] > 0 and response[k] >= DOA_ALIAS_RATIO * response[top]]
+    others = tuple(refine(coarse[k])[0] for k in close)
+    return bearing, float(np.clip(best / total, 0.0, 1.0)), level, others
 
 
 # ------------------------------------------------------------------------------------------- detector
@@ -401,6 +424,8 @@ class SirenEstimate:
         quality: DOA quality in [0, 1] (see :func:`doa_bearing`); 0 without microphone positions.
         level_db: the siren's level over the same newest DOA_WINDOW_S [dB re full scale, mean square]
             (:func:`tonal_level_db`); NaN when unknown.
+        other_bearings_rad: other bearings the array's response allows almost as well [rad] (spatial
+            aliases, see the module docstring), strongest first; usually empty.
     """
 
     stamp_ns: int
@@ -408,6 +433,7 @@ class SirenEstimate:
     bearing_rad: float
     quality: float
     level_db: float = float("nan")
+    other_bearings_rad: tuple[float, ...] = ()
 
 
 class SirenDetector:
@@ -512,13 +538,13 @@ def is_vehicle(dets: Detections3D) -> np.ndarray:
 
 def associate_sirens(dets: Detections3D, stamp_ns: int, probability: float, bearing_rad: float,
                      threshold: float, max_bearing_err_rad: float | np.ndarray, prefer: int = -1,
-                     prefer_margin_rad: float = 0.0, heard_bearing_rad: np.ndarray | None = None,
+                     prefer_margin_rad: float = 0.0, bearing_err_rad: np.ndarray | None = None,
                      rank_err_rad: np.ndarray | None = None) -> Detections3D:
     """Late fusion: attach a heard siren to the vehicle it comes from.
 
-    When ``probability >= threshold``: among the car/truck detections whose bearing (``atan2(y, x)`` of
-    the box centre, ego frame, or ``heard_bearing_rad``) is within ``max_bearing_err_rad`` of
-    ``bearing_rad``, the one with the smallest error (the bearing error, or ``rank_err_rad``) gets
+    When ``probability >= threshold``: among the car/truck detections whose bearing error (from the box
+    centre's bearing ``atan2(y, x)``, ego frame, to ``bearing_rad``; or ``bearing_err_rad``) is within
+    ``max_bearing_err_rad``, the one with the smallest error (the bearing error, or ``rank_err_rad``) gets
     ``siren = True``; detections within ASSOCIATION_TIE_RAD of that best error count as a tie (one vehicle
     behind another), broken by higher score, then by smaller range. A SirenEvent with that detection's index
     is added; with no candidate the event is bearing-only (index -1). Below the threshold ``dets`` is
@@ -535,8 +561,9 @@ def associate_sirens(dets: Detections3D, stamp_ns: int, probability: float, bear
         threshold: probability needed to report a siren.
         max_bearing_err_rad: association gate [rad], one for all or one per detection (N,).
         prefer: index of the tracked siren vehicle or -1; prefer_margin_rad: its margin [rad].
-        heard_bearing_rad: (N,) the bearing each detection was heard from (e.g. where it was while the
-            scored sound left it), or None for the box centre's bearing.
+        bearing_err_rad: (N,) >= 0 [rad], each detection's bearing error as the caller measured it (e.g.
+            from where it was while the scored sound left it, to the nearest of the array's possible
+            bearings), or None for the error of the box centre's bearing.
         rank_err_rad: (N,) the error candidates are ranked by (e.g. a bearing error accumulated over frames),
             or None for the bearing error itself.
     Returns:
@@ -548,7 +575,7 @@ def associate_sirens(dets: Detections3D, stamp_ns: int, probability: float, bear
     if gate.ndim > 1 or (gate.ndim == 1 and len(gate) != len(dets)) or not (gate >= 0).all():
         raise ValueError(f"associate_sirens: max_bearing_err_rad must be >= 0, one value or one per detection "
                          f"({len(dets)}), got {max_bearing_err_rad}")
-    for name, arr in (("heard_bearing_rad", heard_bearing_rad), ("rank_err_rad", rank_err_rad)):
+    for name, arr in (("bearing_err_rad", bearing_err_rad), ("rank_err_rad", rank_err_rad)):
         if arr is not None and np.shape(arr) != (len(dets),):
             raise ValueError(f"associate_sirens: {name} must have one value per detection ({len(dets)}), "
                              f"got shape {np.shape(arr)}")
@@ -557,8 +584,10 @@ def associate_sirens(dets: Detections3D, stamp_ns: int, probability: float, bear
     if probability < threshold:
         return dets
     x, y = dets.boxes[:, 0].astype(np.float64), dets.boxes[:, 1].astype(np.float64)
-    heard = np.arctan2(y, x) if heard_bearing_rad is None else np.asarray(heard_bearing_rad, np.float64)
-    err = np.abs(_wrap(heard - bearing_rad))
+    if bearing_err_rad is None:
+        err = np.abs(_wrap(np.arctan2(y, x) - bearing_rad))
+    else:
+        err = np.asarray(bearing_err_rad, np.float64)
     rank = err if rank_err_rad is None else np.asarray(rank_err_rad, np.float64)
     if not -1 <= prefer < len(dets):
         raise ValueError(f"associate_sirens: prefer must be -1 or a detection index < {len(dets)}, got {prefer}")

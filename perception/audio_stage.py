@@ -237,14 +237,23 @@ class SirenStage:
         keep = np.flatnonzero(ok)
         sub = dets[keep]
         centre, half = self._heard(sub, rel_v[keep], hx[keep], hy[keep])
-        # the point of each arc nearest the array's bearing, and the error left beyond the arc
-        dev = _wrap(est.bearing_rad - centre)
-        heard = centre + np.clip(dev, -half, half)
-        err = np.maximum(np.abs(dev) - half, 0.0)
-        # evidence per track, and the current owner's index in this frame
-        rank = err.copy()
-        prefer = -1
+        # the current owner's index in this frame
         ids = sub.track_ids if sub.track_ids is not None else np.full(len(sub), -1, np.int64)
+        prefer = -1
+        if (frame.stamp_ns - self._owner_ns) * 1e-9 <= OWNER_MAX_GAP_S:
+            hits = np.flatnonzero(ids == self._owner)
+            prefer = int(hits[0]) if len(hits) and self._owner >= 0 else -1
+        # the error left beyond each arc to the array's bearing; the owner is matched against the nearest of
+        # its possible bearings (the best and the spatial aliases that score almost as well), so an alias
+        # taking the peak for a moment does not take the siren off its vehicle, nor give it to another
+        bearings = np.array((est.bearing_rad,) + tuple(est.other_bearings_rad))
+        errs = np.maximum(np.abs(_wrap(bearings[:, None] - centre[None, :])) - half[None, :], 0.0)  # (K, N)
+        match = np.zeros(len(sub), np.int64)
+        if prefer >= 0:
+            match[prefer] = int(np.argmin(errs[:, prefer]))
+        err = errs[match, np.arange(len(sub))]
+        # evidence per track
+        rank = err.copy()
         for j, tid in enumerate(ids.tolist()):
             if tid < 0:
                 continue
@@ -252,10 +261,8 @@ class SirenStage:
             old = self._score.get(tid)
             self._score[tid] = e2 if old is None else SCORE_DECAY * old + (1.0 - SCORE_DECAY) * e2
             rank[j] = math.sqrt(self._score[tid])
-            if tid == self._owner and (frame.stamp_ns - self._owner_ns) * 1e-9 <= OWNER_MAX_GAP_S:
-                prefer = j
         out = associate_sirens(sub, frame.stamp_ns, est.probability, est.bearing_rad, self.threshold,
-                               self.gate_rad, prefer, OWNER_MARGIN_RAD, heard, rank)
+                               self.gate_rad, prefer, OWNER_MARGIN_RAD, rank_err_rad=rank, bearing_err_rad=err)
         chosen = out.siren_events[-1].detection_index
         if chosen >= 0 and ids[chosen] >= 0:
             self._owner, self._owner_ns = int(ids[chosen]), frame.stamp_ns
@@ -265,8 +272,10 @@ class SirenStage:
             vehicles = np.flatnonzero(is_vehicle(dets))
             same = footprint_overlap(dets.boxes[keep[chosen]], dets.boxes[vehicles]) >= SAME_OBJECT_OVERLAP
             siren[vehicles[same]] = True
+        # an event on a vehicle reports the bearing that vehicle matched
         events = tuple(e if e.detection_index < 0 else
-                       type(e)(e.stamp_ns, e.bearing_rad, e.probability, int(keep[e.detection_index]))
+                       type(e)(e.stamp_ns, float(bearings[match[e.detection_index]]), e.probability,
+                               int(keep[e.detection_index]))
                        for e in out.siren_events[len(sub.siren_events):])
         return Detections3D(dets.stamp_ns, dets.boxes, dets.velocities, dets.scores, dets.labels, siren,
                             dets.class_names, dets.siren_events + events, dets.track_ids)

@@ -158,6 +158,24 @@ def test_bearing_quality_drops_to_noise_without_a_siren():
         doa_bearing(noise, mics[:3], FS)
 
 
+def test_a_steady_tone_reports_its_spatial_alias_as_another_bearing():
+    from perception.audio import _doa
+
+    # At the top of a wail the siren holds about 1.4 kHz for a few tenths of a second. The rig's microphones
+    # are 0.2 m apart, ambiguous above 860 Hz: from 10 degrees, a second direction (-103 degrees) fits the
+    # tone and its harmonics almost as well. The estimate keeps it as another bearing.
+    rng = np.random.default_rng(0)
+    mics = rig_mics()
+    top = array_recording(math.radians(10.0), 30.0, 1, 20.0, rng, mics, t0=0.625)
+    bearing, quality, _, others = _doa(top, mics, FS)
+    assert abs(math.degrees(bearing) - 10.0) < 1.0 and quality > 0.9
+    assert len(others) == 1 and abs(math.degrees(others[0]) + 103.2) < 1.0
+    # Mid-sweep the bins spread over hundreds of hertz and only the true direction adds up.
+    sweeping = array_recording(math.radians(10.0), 30.0, 1, 20.0, rng, mics, t0=3.0)
+    bearing, _, _, others = _doa(sweeping, mics, FS)
+    assert abs(math.degrees(bearing) - 10.0) < 1.0 and others == ()
+
+
 def test_tonal_level_reads_a_tone_and_falls_off_as_one_over_range():
     t = np.arange(int(DOA_WINDOW_S * FS)) / FS
     sine = np.stack([np.sin(2 * np.pi * 1000.0 * t + k) for k in range(4)]).astype(np.float32)
@@ -346,6 +364,18 @@ def test_per_detection_gates_and_bad_preferences_are_checked():
         associate_sirens(dets, 1, 0.9, 0.0, 0.5, 0.2, prefer=2)
 
 
+def test_bearing_errors_measured_by_the_caller_replace_the_computed_ones():
+    # The caller matched each car against several possible bearings: the second car (-9.5 degrees from the
+    # array's best bearing) is 1 degree from another one, the first (+9.5) 6 degrees from every one.
+    dets = frame([(30.0, 5.0), (30.0, -5.0)], ["car", "car"], [0.9, 0.9])
+    out = associate_sirens(dets, 1, 0.9, math.radians(9.5), 0.5, math.radians(10.0),
+                           bearing_err_rad=np.radians([6.0, 1.0]))
+    assert out.siren.tolist() == [False, True]
+    assert associate_sirens(dets, 1, 0.9, math.radians(9.5), 0.5, math.radians(10.0)).siren.tolist() == [True, False]
+    with pytest.raises(ValueError, match="bearing_err_rad must have one value per detection"):
+        associate_sirens(dets, 1, 0.9, 0.0, 0.5, 0.2, bearing_err_rad=np.zeros(3))
+
+
 def _siren_stage(level_at_1m_db=None):
     from perception.audio_stage import SirenStage
 
@@ -353,19 +383,25 @@ def _siren_stage(level_at_1m_db=None):
                       "mic_array", threshold=0.5, level_at_1m_db=level_at_1m_db)
 
 
-def _attributed(stage, stamp_ns, bearing_deg, cars, ids, level_db=float("nan")):
+def _staged(stage, stamp_ns, bearing_deg, cars, ids, level_db=float("nan"), others_deg=()):
     """One frame through the stage (ego standing still), on a given estimate: what the worker thread would
-    have produced from the audio up to 100 ms before the frame."""
+    have produced from the audio up to 100 ms before the frame. Returns the stage's detections."""
     from drivers.messages import VehicleSpeed
     from perception.audio import SirenEstimate
     from perception.sync import SyncedFrame
 
-    stage._estimate = SirenEstimate(stamp_ns - 100_000_000, 0.99, math.radians(bearing_deg), 1.0, level_db)
+    stage._estimate = SirenEstimate(stamp_ns - 100_000_000, 0.99, math.radians(bearing_deg), 1.0, level_db,
+                                    tuple(math.radians(b) for b in others_deg))
     synced = SyncedFrame(stamp_ns, 0, {}, (), (VehicleSpeed("vehicle_speed", stamp_ns, 0, 0.0),), (), frozenset())
     d = frame(cars, ["car"] * len(cars), [0.9] * len(cars))
     d = Detections3D(stamp_ns, d.boxes, d.velocities, d.scores, d.labels, d.siren, d.class_names, (),
                      None if ids is None else np.asarray(ids, np.int64))
-    return stage(synced, d).siren.tolist()
+    return stage(synced, d)
+
+
+def _attributed(stage, stamp_ns, bearing_deg, cars, ids, level_db=float("nan")):
+    """:func:`_staged`'s siren flags."""
+    return _staged(stage, stamp_ns, bearing_deg, cars, ids, level_db).siren.tolist()
 
 
 def test_siren_stage_keeps_the_siren_on_its_track():
@@ -410,6 +446,26 @@ def test_siren_stage_hears_a_passing_vehicle_where_it_was():
         heard = sum(sweep[: k + 1]) / (k + 1)
         assert _attributed(stage, 1_000_000_000 + k * 100_000_000, heard, [passing, parked], [3, 4]) == [True, False]
     assert _attributed(_siren_stage(), 1_400_000_000, 50.0, [passing, parked], [3, 4]) == [False, True]
+
+
+def test_an_alias_taking_the_peak_does_not_take_the_siren_off_its_vehicle():
+    # The siren vehicle (track 5) is at 9 degrees and has the siren. Then a spatial alias takes the array's
+    # peak (-101 degrees, nothing there) and 9 degrees becomes the other bearing: the vehicle keeps the
+    # siren, and the event reports the bearing it matched. A car at -60 degrees is out of the gate of both.
+    car = (25.0 * math.cos(math.radians(9.0)), 25.0 * math.sin(math.radians(9.0)))
+    other = (20.0 * math.cos(math.radians(-60.0)), 20.0 * math.sin(math.radians(-60.0)))
+    stage = _siren_stage()
+    assert _attributed(stage, 1_000_000_000, 9.0, [car, other], [5, 6]) == [True, False]
+    out = _staged(stage, 1_100_000_000, -101.0, [car, other], [5, 6], others_deg=(9.0,))
+    assert out.siren.tolist() == [True, False]
+    event = out.siren_events[-1]
+    assert event.detection_index == 0 and abs(math.degrees(event.bearing_rad) - 9.0) < 1e-9
+    # An alias does not give the siren to a vehicle that does not have it: reported on its own, at the
+    # best bearing.
+    fresh = _staged(_siren_stage(), 1_100_000_000, -101.0, [car, other], [5, 6], others_deg=(9.0,))
+    assert fresh.siren.tolist() == [False, False]
+    assert fresh.siren_events[-1].detection_index == -1
+    assert abs(math.degrees(fresh.siren_events[-1].bearing_rad) + 101.0) < 1e-9
 
 
 def test_siren_stage_gives_the_siren_only_to_a_vehicle_at_the_range_its_level_says():
