@@ -252,7 +252,7 @@ def _track_kernel(n, pos, vel, a, b, c, label, hits, misses, ident, reset, dt, R
         out_v[i, 0] = np.float32(vel[k, 0])
         out_v[i, 1] = np.float32(vel[k, 1])
         if heading[labels[i]] and np.hypot(out_v[i, 0], out_v[i, 1]) >= min_speed:
-            h = np.arctan2(out_v[i, 1], out_v[i, 0])
+            h = np.float32(math.atan2(np.float64(out_v[i, 1]), np.float64(out_v[i, 0])))
             turn = np.float64(h) - np.float64(out_yaw[i])
             if abs(turn - 2.0 * np.pi * np.floor(turn / (2.0 * np.pi) + 0.5)) > min_turn:
                 out_yaw[i] = h
@@ -359,7 +359,9 @@ def track_step_reference(state: TrackState, reset: bool, dt: float, R: np.ndarra
     est[est] = state.hits[track_of[est]] >= min_hits
     out_v[est] = state.vel[track_of[est]].astype(np.float32)
     speed = np.hypot(out_v[:, 0], out_v[:, 1])
-    h = np.arctan2(out_v[:, 1], out_v[:, 0])
+    # libm's atan2 in float64, element by element, as the kernel calls it: numpy's vectorised arctan2 (SVML
+    # on AVX-512 CPUs) may round differently
+    h = np.array([math.atan2(float(vy), float(vx)) for vx, vy in out_v], np.float64).astype(np.float32)
     turn = h.astype(np.float64) - out_yaw.astype(np.float64)
     off = np.abs(turn - 2.0 * np.pi * np.floor(turn / (2.0 * np.pi) + 0.5)) > min_turn
     turn = est & heading[labels] & (speed >= min_speed) & off

@@ -92,12 +92,15 @@ def test_live_sensor_going_silent_does_not_stall_output(tmp_path):
     assert f["partial"] >= 1  # ... and those without radar are marked partial
 
 
-def test_realtime_replay_at_3x_drops_and_counts_frames_instead_of_queueing_them(short_drive, tmp_path):
-    """Overload: 10 Hz LiDAR delivered 3 times faster than recorded (a frame every 33 ms) is more than the
-    2-core pipeline can run. Frames must be dropped and counted, never queued behind each other: what an
-    emitted frame waited before its pipeline started is bounded by the deadline, whatever the backlog."""
+def test_overloaded_realtime_replay_drops_and_counts_frames_instead_of_queueing_them(short_drive, tmp_path):
+    """Overload: 10 Hz LiDAR delivered 10 times faster than recorded (a frame every 10 ms) is more than the
+    pipeline runs on any CPU (3 times, a frame every 33 ms, overloads a 2-core CI machine but not every
+    faster one; benchmarks/bench_overload.py measures it). Frames must be dropped and counted, never queued
+    behind each other: what an emitted frame waited before its pipeline started is bounded by the deadline,
+    whatever the backlog."""
+    speed = 10
     out = tmp_path / "overload"
-    assert main(["replay", str(short_drive), "--realtime", "--speed", "3", "--out", str(out), "--quiet"]) == 0
+    assert main(["replay", str(short_drive), "--realtime", "--speed", str(speed), "--out", str(out), "--quiet"]) == 0
     lat = json.loads((out / "latency.json").read_text())
     f = lat["frames"]
     assert f["total"] == f["emitted"] + f["dropped"] >= 19
@@ -108,6 +111,7 @@ def test_realtime_replay_at_3x_drops_and_counts_frames_instead_of_queueing_them(
     assert stamps == sorted(stamps)
     deadline = lat["deadline_ms"]
     for frame in lat["per_frame"]:
-        # Latency is on the source clock, which runs 3x faster than the wall clock the stages are timed on.
-        waited = frame["end_to_end_ms"] - 3 * sum(frame["stages"].values())
-        assert waited <= deadline + 3 * 30.0, frame  # sink writes + scheduling, never a queue of frames
+        # Latency is on the source clock, which runs `speed` times faster than the wall clock the stages are
+        # timed on.
+        waited = frame["end_to_end_ms"] - speed * sum(frame["stages"].values())
+        assert waited <= deadline + speed * 30.0, frame  # sink writes + scheduling, never a queue of frames
