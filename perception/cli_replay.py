@@ -388,7 +388,7 @@ def add_replay_parsers(sub) -> None:
     p.add_argument("--sim-config", default=str(_default_config("sim_default.yaml")),
                    help="simulated rig settings (the live source)")
     p.add_argument("--duration", type=float, default=10.0, help="seconds to run (default 10)")
-    p.add_argument("--speed", type=float, default=1.0, help="source speed factor (3 = overload test)")
+    p.add_argument("--speed", type=float, default=1.0, help="source speed factor (3 or 10 = overload test)")
     p.add_argument("--backend", choices=["torch", "onnxruntime", "tensorrt"], help="override the config's backend")
     p.add_argument("--device", choices=["cpu", "cuda"], help="override the config's device")
     p.add_argument("--drop", nargs="+", metavar="SENSOR", help="treat these sensors as absent")
