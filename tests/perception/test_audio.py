@@ -497,6 +497,20 @@ def test_siren_stage_gives_the_siren_only_to_a_vehicle_at_the_range_its_level_sa
         SirenStage(None, "mic_array", 0.5, level_at_1m_db=-12.0, level_tolerance_db=0.0)
 
 
+def test_between_vehicles_in_one_direction_the_level_picks_the_one_at_the_heard_range():
+    # Two parked cars in one direction, 30 m and 40 m away (2.5 dB apart, both within the 6 dB check); the
+    # siren is heard at the level of a siren 40 m away. They tie on bearing: the level breaks the tie.
+    cars, ids = [(30.0, 0.0), (40.0, 0.0)], [1, 2]
+    at_40 = -12.0 - 20.0 * math.log10(40.0)
+    assert _attributed(_siren_stage(-12.0), 1_000_000_000, 0.0, cars, ids, at_40) == [False, True]
+    at_30 = -12.0 - 20.0 * math.log10(30.0)
+    assert _attributed(_siren_stage(-12.0), 1_000_000_000, 0.0, cars, ids, at_30) == [True, False]
+    # A bearing error beats the level: a car 1.5 degrees off the heard bearing at the heard range loses to
+    # one on the bearing 2.5 dB off.
+    off = (40.0 * math.cos(math.radians(1.5)), 40.0 * math.sin(math.radians(1.5)))
+    assert _attributed(_siren_stage(-12.0), 1_000_000_000, 0.0, [cars[0], off], ids, at_40) == [True, False]
+
+
 def test_siren_stage_without_tracking_matches_frame_by_frame():
     # tracking: false in the pipeline config leaves no identities: each frame is matched on its own.
     two = [(60.0, 0.0), (60.0, 2.1)]
