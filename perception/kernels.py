@@ -81,7 +81,7 @@ PILLAR_BLOCK = 1024  # points per block of the pillarizer's first pass
 def _pillarize_kernel(points, x_min, y_min, z_min, cell, z_size, nx, ny, cx, cy,
                       out_features, out_index, out_npoints, cell_to_pillar, cell_count, dirty, bx, by, bz, bc,
                       prev_filled):
-    """Fill the outputs; return the pillar count.
+    """Fill the outputs; return the pillar count (-1, with nothing written, when the scratch is not clear).
 
     Scratch: cell_to_pillar (n_cells,) uint32 (read only where the count is non-zero) and cell_count
     (n_cells,) uint32 must be all 0 on entry; both are so again on exit (only the touched cells are reset).
@@ -102,6 +102,14 @@ def _pillarize_kernel(points, x_min, y_min, z_min, cell, z_size, nx, ny, cx, cy,
     zero = np.float32(0.0)
     one = np.float32(1.0)
     inx = np.int32(nx)
+    # The scratch must be clear (two calls at once on one Pillarizer would break that). Reading both tables
+    # in order also brings them into cache ahead of pass 1's random accesses: when other stages have run
+    # since the last frame, about a tenth of the kernel's time.
+    leftover = np.uint32(0)
+    for i in range(n_cells):
+        leftover |= cell_count[i] | cell_to_pillar[i]
+    if leftover != 0:
+        return -1
     n = 0
     # Pass 1, block by block: x y z copied out of the (N, C) rows, the cell of every point in one
     # branch-free loop, then pillars numbered by first appearance and each kept point's row copied to its
@@ -186,6 +194,13 @@ def _pillarize_kernel(points, x_min, y_min, z_min, cell, z_size, nx, ny, cx, cy,
     return n
 
 
+def _checked(n: int) -> int:
+    if n < 0:
+        raise RuntimeError("pillarize: the scratch tables were not clear on entry (one Pillarizer called from "
+                           "two threads at once?)")
+    return int(n)
+
+
 def _block_scratch() -> tuple[np.ndarray, ...]:
     return (np.empty(PILLAR_BLOCK, np.float32), np.empty(PILLAR_BLOCK, np.float32),
             np.empty(PILLAR_BLOCK, np.float32), np.empty(PILLAR_BLOCK, np.int32))
@@ -233,8 +248,9 @@ class Pillarizer:
                              f"{getattr(points, 'shape', None)} {getattr(points, 'dtype', type(points).__name__)}")
         if not points.flags.c_contiguous:
             points = np.ascontiguousarray(points)
-        n = int(_pillarize_kernel(points, *self._consts, self.features, self.index, self.npoints,
-                                  self._cell_to_pillar, self._cell_count, self._dirty, *self._block, self._filled))
+        n = _checked(_pillarize_kernel(points, *self._consts, self.features, self.index, self.npoints,
+                                       self._cell_to_pillar, self._cell_count, self._dirty, *self._block,
+                                       self._filled))
         self._filled = n
         return n
 
@@ -265,9 +281,9 @@ def pillarize(points: np.ndarray, grid: BevGrid, out_features: np.ndarray, out_i
     _check_pillar_buffers("pillarize", points, grid, out_features, out_index, out_npoints)
     points = np.ascontiguousarray(points)
     p, m = out_features.shape[:2]
-    return int(_pillarize_kernel(points, *_grid_scalars(grid), out_features, out_index, out_npoints,
-                                 np.zeros(grid.n_cells, np.uint32), np.zeros(grid.n_cells, np.uint32),
-                                 np.full(p, m, np.int32), *_block_scratch(), p))
+    return _checked(_pillarize_kernel(points, *_grid_scalars(grid), out_features, out_index, out_npoints,
+                                      np.zeros(grid.n_cells, np.uint32), np.zeros(grid.n_cells, np.uint32),
+                                      np.full(p, m, np.int32), *_block_scratch(), p))
 
 
 def pillarize_reference(points: np.ndarray, grid: BevGrid, out_features: np.ndarray, out_index: np.ndarray,

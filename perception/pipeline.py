@@ -237,7 +237,8 @@ def open_networks(config: PipelineConfig, rig: Rig | None):
     """(camera backend, bev backend, NetworkConfig, cell_index, model hashes) for the configured backend.
 
     ONNX files for onnxruntime/tensorrt are exported from the checkpoint once and cached under
-    ``model_cache/<checkpoint sha256[:16]>/``.
+    ``model_cache/<checkpoint sha256[:16]>-p<LiDAR pillars>-r<grid range>-n<network code sha256[:8]>/``: the
+    last part is a hash of ``perception/models/networks.py``, so a change to the graphs re-exports them.
     """
     from perception.backends import open_backend
     from perception.train import detector_from_checkpoint
@@ -256,7 +257,11 @@ def open_networks(config: PipelineConfig, rig: Rig | None):
         return cam, bev, net_cfg, cell_index, hashes
     from perception.export import export_onnx
 
-    folder = resolve_cache(config.model_cache) / f"{digest[:16]}-p{net_cfg.lidar_max_pillars}-r{net_cfg.grid.x_max:g}"
+    import perception.models.networks as networks
+
+    code = hashlib.sha256(Path(networks.__file__).read_bytes()).hexdigest()
+    folder = (resolve_cache(config.model_cache)
+              / f"{digest[:16]}-p{net_cfg.lidar_max_pillars}-r{net_cfg.grid.x_max:g}-n{code[:8]}")
     folder.mkdir(parents=True, exist_ok=True)
     paths = {}
     for module in (det.camera, det.bev):

@@ -172,6 +172,20 @@ def test_pillarizer_reused_on_a_smaller_cloud_clears_the_old_rows():
             np.testing.assert_array_equal(a, b)
 
 
+def test_pillarizer_with_dirty_scratch_raises_and_writes_nothing():
+    # What a second thread calling the same instance mid-call would leave: the kernel refuses to run on it.
+    rng = np.random.default_rng(10)
+    pz = Pillarizer(SMALL, 5, 32, 8)
+    cloud = random_cloud(rng, 300, 5, SMALL)
+    pz(cloud)
+    before = (pz.features.copy(), pz.index.copy(), pz.npoints.copy())
+    pz._cell_count[5] = 1
+    with pytest.raises(RuntimeError, match="not clear"):
+        pz(cloud[:50])
+    for a, b in zip((pz.features, pz.index, pz.npoints), before):
+        np.testing.assert_array_equal(a, b)
+
+
 def test_pillarize_rejects_wrong_dtypes_and_shapes():
     pts = np.zeros((4, 5), np.float32)
     with pytest.raises(ValueError, match="points"):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 from pathlib import Path
 
 import numpy as np
@@ -47,6 +48,10 @@ def test_a_smaller_pillar_budget_gives_the_same_detections_when_the_pillars_fit(
     small, b = _run(dataclasses.replace(base, lidar_max_pillars=None), rig, fs)  # the checkpoint's 6000
     assert full.cfg.lidar_max_pillars == 12000 and small.cfg.lidar_max_pillars == 6000
     assert small.pillar_overflows == 0
+    # One exported model folder per size, keyed by the network code too (a changed graph is re-exported).
+    code = hashlib.sha256((ROOT / "perception" / "models" / "networks.py").read_bytes()).hexdigest()[:8]
+    assert sorted(p.name.split("-")[1:] for p in tmp_path.iterdir()) == [["p12000", "r60.8", f"n{code}"],
+                                                                          ["p6000", "r60.8", f"n{code}"]]
     assert sum(len(d) for d in a) > 50
     for da, db in zip(a, b):
         assert len(da) == len(db)
