@@ -23,6 +23,10 @@ Speed notes:
   would dominate: spconv's PointToVoxel clears its whole buffer on every call. :class:`Pillarizer` owns
   its output buffers and, knowing what its previous call wrote, clears only the rows that call filled and
   this one does not. The plain :func:`pillarize` writes into any caller buffer and so clears all of it.
+  The decorations stay here rather than in the network: computed in the BEV graph from the raw rows (as
+  mmdetection3d's PillarFeatureNet does), they cost ONNX Runtime about 8 ms a frame on 2 CPU cores
+  (broadcast subtractions, slices and concatenations over the (6000, 16, C) tensor), against about 0.15 ms
+  here. Branch-free slot assignment and 16-bit cell tables measured no faster.
 - BEV pooling sorts the frustum points by cell (a stable counting sort), sums each occupied cell's points
   in float64 and writes the output row by row. :class:`BevPoolPlan` does the sort once for a static rig.
 - Measured by ``benchmarks/bench_pillarize.py`` and ``benchmarks/bench_kernels.py``.
