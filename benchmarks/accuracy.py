@@ -11,7 +11,9 @@ are simulated, synchronised and prepared by the same code as training and replay
 .cache/sim_drives). Each (model, mode) is run over every drive with the torch networks, written as run
 folders (detections.jsonl, ground_truth.jsonl, run.json with the weather tag) and evaluated by the same
 code as ``perception eval`` (nuScenes protocol); the fused model is also run with each modality removed
-(the degraded modes). Prints one table and writes
+(the degraded modes). Prints one table by weather and range, one by bearing (front, left, rear, right of
+the ego: where the front radar and the front and rear cameras see, and where only the LiDAR does), and
+writes
 ``summary.json`` plus a full ``perception eval`` report per (model, mode).
 """
 
@@ -62,7 +64,8 @@ def run_model(name: str, ckpt: Path, modes: dict, drives, out: Path, bev_range_m
         results[mode] = {"mAP": m["mAP"], "NDS": m["NDS"], "mAVE": m["mAVE"],
                          "AP": {k: v["AP"] for k, v in m["per_class"].items()},
                          "by_weather": {w: v["mAP"] for w, v in m["by_tag"].get("weather", {}).items()},
-                         "by_range": {b: v["mAP"] for b, v in m["by_range"].items()}}
+                         "by_range": {b: v["mAP"] for b, v in m["by_range"].items()},
+                         "by_sector": {b: v["mAP"] for b, v in m["by_sector"].items()}}
         print(f"{name:13s} {mode:10s} mAP {m['mAP']:.4f} NDS {m['NDS']:.4f} mAVE {m['mAVE'] or float('nan'):.3f}  "
               + " ".join(f"{w}={v:.3f}" for w, v in results[mode]["by_weather"].items() if v is not None), flush=True)
     return results
@@ -100,6 +103,12 @@ def main() -> int:
             row = [r["by_weather"].get(w) for w in cfg.weathers] + [r["by_range"].get(b) for b in ("0-20", "20-40", "40+")]
             print(f"{model:13s} {mode:10s} {r['mAP']:.4f}  {r['NDS']:.4f}  {r['mAVE'] or float('nan'):.3f}  "
                   + "  ".join("  -   " if v is None else f"{v:.3f}" for v in row))
+    sectors = ("front", "left", "rear", "right")
+    print("\nmodel         mode       " + "  ".join(f"{s:>6s}" for s in sectors) + "   (mAP by bearing)")
+    for model, modes in summary.items():
+        for mode, r in modes.items():
+            print(f"{model:13s} {mode:10s} " + "  ".join("  -   " if r["by_sector"].get(s) is None
+                                                          else f"{r['by_sector'][s]:.3f}" for s in sectors))
     return 0
 
 

@@ -15,6 +15,10 @@ which keeps their frames apart even when their stamps collide. Breakdowns:
   ``0-20`` is [0, 20) m, ``20-40`` [20, 40) m, ``40+`` [40, inf) m. The class ranges still apply on top
   (pedestrians and bicycles end at 40 m). A prediction just across a band edge from its object counts
   as a false positive in one band and the object as a miss in the other.
+* ``by_sector``: the same by the bearing of the centre from the ego origin, ``atan2(y, x)`` in the ego
+  frame (x forward, y left): ``front`` [-45, 45) deg, ``left`` [45, 135), ``rear`` the rest,
+  ``right`` [-135, -45). Where sensors cover the vehicle unevenly (a front radar, front and rear cameras),
+  this shows where a fused model gains on a LiDAR-only one.
 * ``by_tag``: for every tag key of the runs' ``run.json``, one evaluation per value over the runs that
   carry it (runs without the key are not in that key's breakdown).
 
@@ -62,6 +66,11 @@ RUN_FILE = "run.json"
 RANGE_BANDS_M: tuple[tuple[str, float, float], ...] = (("0-20", 0.0, 20.0), ("20-40", 20.0, 40.0),
                                                        ("40+", 40.0, math.inf))
 """(name, lower bound inclusive [m], upper bound exclusive [m]) of the ``by_range`` bands."""
+
+SECTORS_DEG: tuple[tuple[str, float, float], ...] = (("front", -45.0, 45.0), ("left", 45.0, 135.0),
+                                                     ("rear", 135.0, -135.0), ("right", -135.0, -45.0))
+"""(name, from inclusive [deg], to exclusive [deg]) of the ``by_sector`` breakdown: bearings in [-180, 180),
+counter-clockwise from ``from`` to ``to`` (``rear`` wraps through 180)."""
 
 PR_CURVE_DIST_TH_M = 2.0  # the PR curves are drawn at this threshold (the TP-error threshold of nuScenes)
 
@@ -191,6 +200,7 @@ class EvalReport:
     Args:
         overall: all runs together, all configured classes (devkit rule).
         by_range: one :class:`SubsetResult` per band of :data:`RANGE_BANDS_M`.
+        by_sector: one :class:`SubsetResult` per sector of :data:`SECTORS_DEG`.
         by_tag: (tag key, one :class:`SubsetResult` per value, sorted) per key, sorted.
         runs: per run.
         latency: the runs' latency logs merged (frames pooled, counts summed); None when no run has one.
@@ -199,6 +209,7 @@ class EvalReport:
 
     overall: EvalResult
     by_range: tuple[SubsetResult, ...]
+    by_sector: tuple[SubsetResult, ...]
     by_tag: tuple[tuple[str, tuple[SubsetResult, ...]], ...]
     runs: tuple[RunSummary, ...]
     latency: LatencyLog | None
@@ -218,6 +229,13 @@ def _ground_plane_distance(frame: FrameBoxes) -> np.ndarray:
 def _in_band(frame: FrameBoxes, lo: float, hi: float) -> FrameBoxes:
     d = _ground_plane_distance(frame)
     return frame[(d >= lo) & (d < hi)]
+
+
+def _in_sector(frame: FrameBoxes, lo_deg: float, hi_deg: float) -> FrameBoxes:
+    az = np.degrees(np.arctan2(frame.boxes[:, 1], frame.boxes[:, 0]))
+    az = np.where(az >= 180.0, az - 360.0, az)  # [-180, 180)
+    inside = (az >= lo_deg) & (az < hi_deg) if lo_deg < hi_deg else (az >= lo_deg) | (az < hi_deg)
+    return frame[inside]
 
 
 def _classes_with_ground_truth(gt_runs: Sequence[Sequence[FrameBoxes]], config: EvalConfig) -> set[str]:
@@ -287,7 +305,7 @@ def evaluate_runs(runs: Sequence[RunData], config: EvalConfig = EvalConfig(), pr
         raise ValueError("evaluate_runs: no runs given")
     tag_keys = sorted({k for r in runs for k, _ in r.tags})
     tag_groups = [(k, sorted({r.tag(k) for r in runs if r.tag(k) is not None})) for k in tag_keys]
-    n_jobs = 1 + len(RANGE_BANDS_M) + sum(len(v) for _, v in tag_groups) + len(runs)
+    n_jobs = 1 + len(RANGE_BANDS_M) + len(SECTORS_DEG) + sum(len(v) for _, v in tag_groups) + len(runs)
     with tqdm(total=n_jobs, desc="evaluate", unit="eval", disable=not progress) as bar:
         overall = evaluate_many([(r.predictions, r.ground_truth) for r in runs], config)
         bar.update()
@@ -297,6 +315,13 @@ def evaluate_runs(runs: Sequence[RunData], config: EvalConfig = EvalConfig(), pr
             triples = [(r.name, [_in_band(f, lo, hi) for f in r.predictions.frames],
                         [_in_band(f, lo, hi) for f in r.ground_truth.frames]) for r in runs]
             by_range.append(evaluate_subset(band, triples, config))
+            bar.update()
+
+        by_sector = []
+        for sector, lo, hi in SECTORS_DEG:
+            triples = [(r.name, [_in_sector(f, lo, hi) for f in r.predictions.frames],
+                        [_in_sector(f, lo, hi) for f in r.ground_truth.frames]) for r in runs]
+            by_sector.append(evaluate_subset(sector, triples, config))
             bar.update()
 
         by_tag = []
@@ -319,7 +344,8 @@ def evaluate_runs(runs: Sequence[RunData], config: EvalConfig = EvalConfig(), pr
                                         latency=r.latency))
 
     logs = [r.latency for r in runs if r.latency is not None]
-    return EvalReport(overall=overall, by_range=tuple(by_range), by_tag=tuple(by_tag), runs=tuple(summaries),
+    return EvalReport(overall=overall, by_range=tuple(by_range), by_sector=tuple(by_sector), by_tag=tuple(by_tag),
+                      runs=tuple(summaries),
                       latency=LatencyLog.merged(logs) if logs else None, runs_with_latency=len(logs))
 
 
@@ -357,8 +383,8 @@ def metrics_json(report: EvalReport) -> dict:
     ``stages`` -> ``{count, p50, p95, p99, max, mean}`` [ms], or null without latency files); ``frames``
     (``total``, ``emitted``, ``partial``, ``dropped``, ``deadline_missed`` summed over the runs with a
     latency file, or null); ``by_range`` (band -> ``min_m``, ``max_m`` (null = unbounded), ``mAP``, ``NDS``,
-    ``tp_errors``, ``per_class``, ``classes_without_ground_truth``, ``runs``); ``by_tag`` (key -> value ->
-    same fields as a band); ``runs`` (per run: ``name``, ``dir``, ``recording``, ``tags``, frame numbers,
+    ``tp_errors``, ``per_class``, ``classes_without_ground_truth``, ``runs``); ``by_sector`` (sector ->
+    ``from_deg``, ``to_deg`` and the same fields as a band); ``by_tag`` (key -> value -> same fields as a band); ``runs`` (per run: ``name``, ``dir``, ``recording``, ``tags``, frame numbers,
     ``mAP``, ``NDS``, ``frames``, ``latency_ms``); ``breakdown_rule``. NaN is written as null.
     """
     out = report.overall.to_json_dict()
@@ -370,6 +396,8 @@ def metrics_json(report: EvalReport) -> dict:
     head["by_range"] = {}
     for (band, lo, hi), s in zip(RANGE_BANDS_M, report.by_range):
         head["by_range"][band] = {"min_m": lo, "max_m": _num(hi), **_subset_json(s)}
+    head["by_sector"] = {name: {"from_deg": lo, "to_deg": hi, **_subset_json(s)}
+                         for (name, lo, hi), s in zip(SECTORS_DEG, report.by_sector)}
     head["by_tag"] = {key: {s.name: _subset_json(s) for s in subsets} for key, subsets in report.by_tag}
     head["runs"] = [{
         "name": r.name, "dir": r.dir, "recording": r.recording, "tags": dict(r.tags),
@@ -381,7 +409,7 @@ def metrics_json(report: EvalReport) -> dict:
         "latency_ms": latency_json(r.latency, 1 if r.latency is not None else 0),
     } for r in report.runs]
     head["breakdown_rule"] = ("headline: every configured class counts (AP 0 without ground truth, nuScenes "
-                              "devkit); by_range, by_tag and runs: only the classes with ground truth in the subset")
+                              "devkit); by_range, by_sector, by_tag and runs: only the classes with ground truth in the subset")
     return head
 
 
@@ -605,6 +633,11 @@ def report_html(report: EvalReport, plots: dict[str, Path], score_threshold: flo
         parts.append(f"<img src='{html.escape(plots['ap_by_range'].name)}' alt='ap_by_range'>")
     parts.append("<p class='note'>Ground truth and predictions both restricted to the band of centre distance "
                  "in the ground plane; mAP over the classes with ground truth in the band.</p>")
+    parts.append("<h2>By bearing from the ego</h2>")
+    header, rows = _subset_rows(report.by_sector, names, "sector")
+    parts.append(_table(header, rows))
+    parts.append("<p class='note'>Bearing of the box centre in the ego frame: front [-45, 45) deg, left [45, 135), "
+                 "rear the rest, right [-135, -45); restricted as the distance bands are.</p>")
     parts.append("<h2>By tag</h2>")
     if not report.by_tag:
         parts.append("<p class='note'>No run carries tags (run.json).</p>")

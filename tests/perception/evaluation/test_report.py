@@ -168,6 +168,28 @@ def test_box_at_30_m_is_only_in_the_20_40_band(tmp_path):
     assert (bands["20-40"]["min_m"], bands["20-40"]["max_m"]) == (20.0, 40.0)
 
 
+def test_by_sector_splits_by_bearing_with_the_rear_wrapping_through_180_degrees(tmp_path):
+    # Cars ahead, on the left, behind (both sides of 180 deg) and on the right; the sector edges belong to
+    # the sector counter-clockwise of them (45 deg is left, -45 deg is front, -135 deg is right).
+    xy = [(20.0, 0.0), (10.0, 10.0), (0.0, 15.0), (-20.0, 0.5), (-20.0, -0.5), (10.0, -10.0), (-10.0, -10.0),
+          (0.0, -15.0)]
+    gt = gt_frame(STAMP0, xy, ["car"] * len(xy))
+    pred = as_predictions(gt)
+    pred.boxes[6, 0] += 1.5  # the car at -135 deg is found 1.5 m off: a TP at 2 m, a miss at 0.5 and 1 m
+    run = write_run(tmp_path / "run", [pred], [gt])
+    sectors = eval_metrics(tmp_path / "out", run)["by_sector"]
+    assert list(sectors) == ["front", "left", "rear", "right"]
+    assert {k: v["per_class"]["car"]["num_gt"] for k, v in sectors.items()} == {"front": 2, "left": 2, "rear": 2,
+                                                                                "right": 2}
+    assert (sectors["rear"]["from_deg"], sectors["rear"]["to_deg"]) == (135.0, -135.0)
+    for name in ("front", "left", "rear"):
+        assert sectors[name]["mAP"] == pytest.approx(1.0)
+    # Right: the displaced car is a miss at the 0.5 m threshold and a hit at 4 m.
+    ap = sectors["right"]["per_class"]["car"]["AP_by_dist_th"]
+    assert ap["0.5"] < 1.0 and ap["4.0"] == pytest.approx(1.0)
+    assert sectors["right"]["mAP"] < 1.0
+
+
 def test_by_tag_evaluates_each_weather_over_its_runs(tmp_path):
     gts = [two_per_class_scene(STAMP0)]
     fog = write_run(tmp_path / "fog1", [as_predictions(g) for g in gts], gts, tags={"weather": "fog", "seed": 1})
