@@ -758,6 +758,10 @@ class RecordingReader:
                 raise RecordingError(f"{self.path}: invalid {RIG_ATTACHMENT} attachment: {e}") from e
 
     # ------------------------------------------------------------------ public
+    def attachment(self, name: str) -> bytes | None:
+        """The bytes of the attachment ``name`` (e.g. ``rig.yaml``) as stored, or None."""
+        return self._attachments.get(name)
+
     def channels(self) -> list[ChannelInfo]:
         """Every channel, by channel id; counts from the summary or message indexes (None if unknown)."""
         counts = self._cheap_counts()

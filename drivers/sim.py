@@ -118,6 +118,12 @@ class SimConfig:
 
 
 # ---------------------------------------------------------------------------------------------- default rig
+def _yaw(yaw_deg: float) -> np.ndarray:
+    """Rotation about the ego z axis by ``yaw_deg`` (a level sensor looking that way)."""
+    c, s = np.cos(np.radians(yaw_deg)), np.sin(np.radians(yaw_deg))
+    return np.array([[c, -s, 0.0], [s, c, 0.0], [0.0, 0.0, 1.0]])
+
+
 def _camera_rotation(yaw_deg: float) -> np.ndarray:
     """ego_from_camera rotation of a level camera looking along ego yaw ``yaw_deg`` (optical frame)."""
     y = np.radians(yaw_deg)
@@ -139,13 +145,25 @@ CAMERA_LAYOUT: tuple[tuple[str, float, tuple[float, float, float]], ...] = (
 )
 SIM_CAMERA = CameraModel("pinhole", 640, 360, 400.0, 400.0, 319.5, 179.5, (-0.05, 0.01, 0.0, 0.0, 0.0))
 
+# (id, boresight yaw [deg], position in ego [m]) of the radars: one in the front bumper and one at each
+# corner, as nuScenes' rig has them. Each sees +-60 deg (drivers.sim_radar), so together they see all round.
+RADAR_LAYOUT: tuple[tuple[str, float, tuple[float, float, float]], ...] = (
+    ("radar_front", 0.0, (3.7, 0.0, 0.5)),
+    ("radar_front_left", 80.0, (3.4, 0.9, 0.5)),
+    ("radar_front_right", -80.0, (3.4, -0.9, 0.5)),
+    ("radar_back_left", 160.0, (-0.8, 0.9, 0.5)),
+    ("radar_back_right", -160.0, (-0.8, -0.9, 0.5)),
+)
+
 
 def default_rig(n_cameras: int = 2) -> Rig:
     """The simulated vehicle: ``n_cameras`` (1-6) pinhole cameras 640x360 (77 deg horizontal field of
     view, mild barrel distortion) around the roof (front, rear, then front-left/right, rear-left/right),
-    ``lidar_top`` (1.0, 0, 1.9), ``radar_front`` in the bumper (3.7, 0, 0.5), ``imu`` (1.3, 0, 0.4),
-    ``mic_array`` of 4 microphones in a 0.2 m square on the roof, and ``vehicle_speed``. All sensors are
-    level and face forward except the cameras; every ``time_offset_ns`` is 0.
+    ``lidar_top`` (1.0, 0, 1.9), five level radars (:data:`RADAR_LAYOUT`: ``radar_front`` in the bumper at
+    (3.7, 0, 0.5), ``radar_front_left`` / ``_right`` and ``radar_back_left`` / ``_right`` at the corners,
+    looking 80 and 160 deg to each side), ``imu`` (1.3, 0, 0.4), ``mic_array`` of 4 microphones in a 0.2 m
+    square on the roof, and ``vehicle_speed``. All sensors are level and face forward except the cameras and
+    radars; every ``time_offset_ns`` is 0.
 
     ``configs/rig_sim.yaml`` is ``default_rig()`` written out.
     """
@@ -161,7 +179,7 @@ def default_rig(n_cameras: int = 2) -> Rig:
 
     sensors += [
         Sensor("lidar_top", "lidar", level("lidar_top", (1.0, 0.0, 1.9)), rate_hz=10.0),
-        Sensor("radar_front", "radar", level("radar_front", (3.7, 0.0, 0.5)), rate_hz=13.0),
+        *[Sensor(rid, "radar", Transform("ego", rid, _yaw(yaw), pos), rate_hz=13.0) for rid, yaw, pos in RADAR_LAYOUT],
         Sensor("imu", "imu", level("imu", (1.3, 0.0, 0.4)), rate_hz=200.0),
         Sensor("mic_array", "microphone", level("mic_array", (0.2, 0.0, 1.6)), rate_hz=10.0,
                mic_positions=np.array([[0.1, 0.1, 0.0], [0.1, -0.1, 0.0], [-0.1, 0.1, 0.0], [-0.1, -0.1, 0.0]])),

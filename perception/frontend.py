@@ -43,7 +43,8 @@ class FrontendConfig:
 
     lidar_id: str = "lidar_top"
     camera_ids: tuple[str, ...] = ("cam_front", "cam_rear")
-    radar_ids: tuple[str, ...] = ("radar_front",)
+    radar_ids: tuple[str, ...] = ("radar_front", "radar_front_left", "radar_front_right", "radar_back_left",
+                                  "radar_back_right")
     imu_id: str = "imu"
     lidar_sweeps: int = 3
     radar_max_age_s: float = 0.3

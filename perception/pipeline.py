@@ -77,7 +77,8 @@ class PipelineConfig:
     sync_config: str = "configs/sync_sim.yaml"
     lidar_id: str = "lidar_top"
     camera_ids: tuple[str, ...] = ("cam_front", "cam_rear")
-    radar_ids: tuple[str, ...] = ("radar_front",)
+    radar_ids: tuple[str, ...] = ("radar_front", "radar_front_left", "radar_front_right", "radar_back_left",
+                                  "radar_back_right")
     imu_id: str = "imu"
     microphone_id: Optional[str] = "mic_array"
     lidar_max_pillars: Optional[int] = None

@@ -638,8 +638,9 @@ class DetectionsMcapSink:
             raise SinkError(f"cannot create {self.path}: {e.strerror}") from e
         try:
             if input_recording is not None:
-                if input_recording.rig is not None:
-                    self._mcap.add_attachment(RIG_ATTACHMENT, "application/yaml", input_recording.rig.to_yaml().encode())
+                rig_yaml = input_recording.attachment(RIG_ATTACHMENT)
+                if rig_yaml is not None:  # verbatim: re-serialising the rig could move a digit of a rotation
+                    self._mcap.add_attachment(RIG_ATTACHMENT, "application/yaml", rig_yaml)
                 if input_recording.metadata:
                     self._mcap.add_metadata(METADATA_NAME, dict(input_recording.metadata))
             info = {"class_names": ",".join(self.class_names), "frame_period_ns": str(self.frame_period_ns),

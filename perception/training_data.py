@@ -51,8 +51,9 @@ class DriveSpec:
         return f"drive_s{self.seed}_{self.weather}_{hashlib.sha256(text.encode()).hexdigest()[:10]}"
 
 
-DATA_VERSION = "v3"  # v2: frames formed in arrival order with the newest-before-the-sweep camera/radar policy;
-# v3: the emergency vehicle's lane is clear of the traffic it would drive through
+DATA_VERSION = "v4-radar5"  # v2: frames formed in arrival order with the newest-before-the-sweep camera/radar
+# policy; v3: the emergency vehicle's lane is clear of the traffic it would drive through; v4: five radars all
+# round (drivers.sim.RADAR_LAYOUT) instead of one ahead
 
 
 def simulate_drive(spec: DriveSpec, out_dir: Path) -> Path:

@@ -18,7 +18,7 @@ import pytest
 
 from drivers.messages import AudioChunk, LidarSweep, Message
 from drivers.recording import RecordingReader, RecordingWriter
-from drivers.sim import SimConfig, SimulatedRig
+from drivers.sim import RADAR_LAYOUT, SimConfig, SimulatedRig
 from perception.executor import arrival_order
 from perception.sync import SyncConfig, SyncedFrame, Synchronizer
 
@@ -122,8 +122,9 @@ def test_clean_drive_gives_one_complete_frame_per_sweep(drive):
     during = run.frames
     assert all(not f.partial for f in during)
     for f in during:
-        assert set(f.messages) == {"lidar_top", "cam_front", "cam_rear", "radar_front"}
-        for sid in ("cam_front", "cam_rear", "radar_front"):
+        radars = {rid for rid, _, _ in RADAR_LAYOUT}
+        assert set(f.messages) == {"lidar_top", "cam_front", "cam_rear"} | radars
+        for sid in ("cam_front", "cam_rear", *sorted(radars)):
             # the newest message at or before the sweep (up to 1 ms of stamp jitter after it)
             cfg = SYNC.sensor(sid)
             assert abs(f.messages[sid].stamp_ns - cfg.offset_ns - f.stamp_ns) <= cfg.tolerance_ns
