@@ -310,19 +310,18 @@ def evaluate_runs(runs: Sequence[RunData], config: EvalConfig = EvalConfig(), pr
         overall = evaluate_many([(r.predictions, r.ground_truth) for r in runs], config)
         bar.update()
 
-        by_range = []
-        for band, lo, hi in RANGE_BANDS_M:
-            triples = [(r.name, [_in_band(f, lo, hi) for f in r.predictions.frames],
-                        [_in_band(f, lo, hi) for f in r.ground_truth.frames]) for r in runs]
-            by_range.append(evaluate_subset(band, triples, config))
-            bar.update()
+        def restricted(bounds, keep) -> list[SubsetResult]:
+            # one subset per (name, lo, hi): predictions and ground truth both kept where keep(frame, lo, hi)
+            out = []
+            for name, lo, hi in bounds:
+                triples = [(r.name, [keep(f, lo, hi) for f in r.predictions.frames],
+                            [keep(f, lo, hi) for f in r.ground_truth.frames]) for r in runs]
+                out.append(evaluate_subset(name, triples, config))
+                bar.update()
+            return out
 
-        by_sector = []
-        for sector, lo, hi in SECTORS_DEG:
-            triples = [(r.name, [_in_sector(f, lo, hi) for f in r.predictions.frames],
-                        [_in_sector(f, lo, hi) for f in r.ground_truth.frames]) for r in runs]
-            by_sector.append(evaluate_subset(sector, triples, config))
-            bar.update()
+        by_range = restricted(RANGE_BANDS_M, _in_band)
+        by_sector = restricted(SECTORS_DEG, _in_sector)
 
         by_tag = []
         for key, values in tag_groups:
@@ -384,8 +383,9 @@ def metrics_json(report: EvalReport) -> dict:
     (``total``, ``emitted``, ``partial``, ``dropped``, ``deadline_missed`` summed over the runs with a
     latency file, or null); ``by_range`` (band -> ``min_m``, ``max_m`` (null = unbounded), ``mAP``, ``NDS``,
     ``tp_errors``, ``per_class``, ``classes_without_ground_truth``, ``runs``); ``by_sector`` (sector ->
-    ``from_deg``, ``to_deg`` and the same fields as a band); ``by_tag`` (key -> value -> same fields as a band); ``runs`` (per run: ``name``, ``dir``, ``recording``, ``tags``, frame numbers,
-    ``mAP``, ``NDS``, ``frames``, ``latency_ms``); ``breakdown_rule``. NaN is written as null.
+    ``from_deg``, ``to_deg`` and the same fields as a band); ``by_tag`` (key -> value -> same fields as a
+    band); ``runs`` (per run: ``name``, ``dir``, ``recording``, ``tags``, frame numbers, ``mAP``, ``NDS``,
+    ``frames``, ``latency_ms``); ``breakdown_rule``. NaN is written as null.
     """
     out = report.overall.to_json_dict()
     head = {"mAP": out.pop("mAP"), "NDS": out.pop("NDS")}
@@ -409,7 +409,8 @@ def metrics_json(report: EvalReport) -> dict:
         "latency_ms": latency_json(r.latency, 1 if r.latency is not None else 0),
     } for r in report.runs]
     head["breakdown_rule"] = ("headline: every configured class counts (AP 0 without ground truth, nuScenes "
-                              "devkit); by_range, by_sector, by_tag and runs: only the classes with ground truth in the subset")
+                              "devkit); by_range, by_sector, by_tag and runs: only the classes with ground truth "
+                              "in the subset")
     return head
 
 
