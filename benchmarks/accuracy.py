@@ -11,10 +11,9 @@ are simulated, synchronised and prepared by the same code as training and replay
 .cache/sim_drives). Each (model, mode) is run over every drive with the torch networks, written as run
 folders (detections.jsonl, ground_truth.jsonl, run.json with the weather tag) and evaluated by the same
 code as ``perception eval`` (nuScenes protocol); the fused model is also run with each modality removed
-(the degraded modes). Prints one table by weather and range, one by bearing (front, left, rear, right of
-the ego: where the front radar and the front and rear cameras see, and where only the LiDAR does), and
-writes
-``summary.json`` plus a full ``perception eval`` report per (model, mode).
+and with the cameras or the radar alone (the degraded modes). Prints one table by weather and range, one
+by bearing (front, left, rear, right of the ego), and writes ``summary.json``, ``summary.png`` (mAP of
+every model and mode, overall and per weather) plus a full ``perception eval`` report per (model, mode).
 """
 
 from __future__ import annotations
@@ -37,7 +36,8 @@ from perception.training_data import Drive  # noqa: E402
 
 FIRST_TEST_SEED = 9000
 MODES = {"all": ("lidar", "camera", "radar"), "no_camera": ("lidar", "radar"),
-         "no_radar": ("lidar", "camera"), "no_lidar": ("camera", "radar")}
+         "no_radar": ("lidar", "camera"), "no_lidar": ("camera", "radar"),
+         "only_cam": ("camera",), "only_radar": ("radar",)}
 
 
 def run_model(name: str, ckpt: Path, modes: dict, drives, out: Path, bev_range_m: float | None = None) -> dict:
@@ -71,6 +71,32 @@ def run_model(name: str, ckpt: Path, modes: dict, drives, out: Path, bev_range_m
     return results
 
 
+def plot_summary(summary: dict, weathers, path: Path) -> Path:
+    """Grouped bars: mAP over all drives and per weather, one bar per (model, mode)."""
+    import numpy as np
+    from matplotlib.figure import Figure  # the object API: no pyplot state, no display, Agg on savefig
+
+    rows = [(f"{model} {mode}" if model == "fused" else model, r) for model, modes in summary.items()
+            for mode, r in modes.items()]
+    groups = ["all drives", *weathers]
+    fig = Figure(figsize=(max(7.0, 1.1 * len(groups) * len(rows) / 3), 4.2), dpi=100, layout="constrained")
+    ax = fig.subplots()
+    width = 0.85 / len(rows)
+    x = np.arange(len(groups))
+    for k, (label, r) in enumerate(rows):
+        values = [r["mAP"]] + [r["by_weather"].get(w) or 0.0 for w in weathers]
+        bars = ax.bar(x + (k - (len(rows) - 1) / 2) * width, values, width, label=label, color=f"C{k % 10}")
+        ax.bar_label(bars, fmt="%.3f", fontsize=6, rotation=90, padding=2)
+    ax.set_xticks(x, groups)
+    ax.set_ylabel("mAP (nuScenes protocol)")
+    ax.set_ylim(0, 1.05)
+    ax.grid(axis="y", alpha=0.3)
+    ax.legend(fontsize=8, ncols=3, loc="upper left")
+    ax.set_title("held-out drives: the fused model in each mode and the single-modality baselines")
+    fig.savefig(path)
+    return path
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--fused", help="the fused model (all four modes); leave out to score baselines only")
@@ -96,6 +122,7 @@ def main() -> int:
         if path:
             summary[key] = run_model(key, Path(path), {"own": mods}, drives, out, args.bev_range)
     (out / "summary.json").write_text(json.dumps(summary, indent=1))
+    plot_summary(summary, cfg.weathers, out / "summary.png")
     print("\nmodel         mode       mAP     NDS     mAVE   " + "  ".join(f"{w:>6s}" for w in cfg.weathers)
           + "   0-20   20-40    40+")
     for model, modes in summary.items():

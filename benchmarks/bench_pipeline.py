@@ -112,20 +112,28 @@ def time_networks(config: Path, threads: int = 2, runs: int = 30):
                 for k in ("lidar_index", "radar_index"):
                     n = feeds[k].shape[1]
                     feeds[k][0] = rng.choice(int(spec.inputs[[t.name for t in spec.inputs].index(k)].high), n, replace=False)
+            variants = [(spec.name, feeds)]
+            if "presence" in feeds:
+                feeds["presence"][:] = 1.0  # every sensor present, as in the replay
+                if getattr(module, "lidarless", None) is not None:  # the path that runs for frames without LiDAR
+                    without = dict(feeds, presence=np.array([[0.0, 1.0, 1.0]], np.float32))
+                    variants.append((f"{spec.name} (no LiDAR)", without))
             path = export_onnx(module, spec, Path(tmp) / f"{spec.name}.onnx")
-            times = {}
-            for kind in ("torch", "onnxruntime"):
-                b = open_backend(kind, spec, module=module if kind == "torch" else None,
-                                 onnx_path=path if kind == "onnxruntime" else None, threads=threads)
-                for _ in range(3):
-                    b(feeds)
-                t = []
-                for _ in range(runs):
-                    t0 = time.perf_counter()
-                    b(feeds)
-                    t.append((time.perf_counter() - t0) * 1e3)
-                times[kind] = statistics.median(t)
-            rows.append((spec.name, times["torch"], times["onnxruntime"]))
+            backends = {kind: open_backend(kind, spec, module=module if kind == "torch" else None,
+                                           onnx_path=path if kind == "onnxruntime" else None, threads=threads)
+                        for kind in ("torch", "onnxruntime")}
+            for name, f in variants:
+                times = {}
+                for kind, b in backends.items():
+                    for _ in range(3):
+                        b(f)
+                    t = []
+                    for _ in range(runs):
+                        t0 = time.perf_counter()
+                        b(f)
+                        t.append((time.perf_counter() - t0) * 1e3)
+                    times[kind] = statistics.median(t)
+                rows.append((name, times["torch"], times["onnxruntime"]))
     return rows
 
 
@@ -170,9 +178,9 @@ def main() -> int:
     e2e = {k: v.summary().end_to_end for k, v in results.items()}
     print(f"\nend-to-end p50: torch {e2e['torch'].p50:.1f} ms, onnxruntime {e2e['onnxruntime'].p50:.1f} ms, "
           f"ratio torch/onnxruntime {e2e['torch'].p50 / e2e['onnxruntime'].p50:.2f}")
-    print("\nnetwork      torch [ms]   onnxruntime [ms]   torch/ORT   (median of 30, 2 threads)")
+    print("\nnetwork          torch [ms]   onnxruntime [ms]   torch/ORT   (median of 30, 2 threads)")
     for name, t_torch, t_ort in time_networks(Path(args.config)):
-        print(f"{name:10s} {t_torch:11.2f} {t_ort:18.2f} {t_torch / t_ort:11.2f}")
+        print(f"{name:14s} {t_torch:11.2f} {t_ort:18.2f} {t_torch / t_ort:11.2f}")
     return 0
 
 

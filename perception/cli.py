@@ -176,9 +176,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("train", help="train the detection networks (or the siren detector) on simulated drives",
                        description="Train on simulated drives in every weather: seeded, resumable (rerun the same "
                                    "command to continue from OUT/last.pt), with periodic validation mAP. "
-                                   "configs/train_fusion.yaml is the shipped fused model, train_lidar_only / "
-                                   "train_camera_only / train_camera_radar the baselines, train_siren.yaml the "
-                                   "siren detector.")
+                                   "The shipped fused model takes four runs in turn: train_lidar_only, "
+                                   "train_fusion, train_camera_radar, train_fusion_lidarless "
+                                   "(recordings/models/README.md); train_lidar_only, train_camera_only and "
+                                   "train_camera_radar are also the baselines, train_siren.yaml the siren "
+                                   "detector.")
     p.add_argument("--config", required=True, help="training config YAML (configs/train_*.yaml)")
     p.add_argument("--out", required=True, help="run folder: checkpoints, history.json, model.pt")
     p.add_argument("--quiet", action="store_true", help="no progress bar")

@@ -115,8 +115,10 @@ def export_onnx(module, spec: NetworkSpec, path: str | os.PathLike, opset: int =
             program.save(tmp, external_data=False)
     except Exception as e:  # the exporter raises many types; one line naming the network is what helps
         raise ExportError(f"{spec.name}: torch.onnx.export failed: {type(e).__name__}: {_first_line(e)}") from e
+    model = onnx.load(str(tmp))
+    if _drop_unused_initializers(model):
+        onnx.save(model, str(tmp))
     os.replace(tmp, path)
-    model = onnx.load(str(path))
     got_opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), None)
     if got_opset != opset:
         raise ExportError(f"{spec.name}: asked for opset {opset}, the exporter wrote opset {got_opset} "
@@ -135,6 +137,31 @@ def export_onnx(module, spec: NetworkSpec, path: str | os.PathLike, opset: int =
     check_declared_io(spec, "inputs", declared_io(session.get_inputs()), spec.inputs)
     check_declared_io(spec, "outputs", declared_io(session.get_outputs()), spec.outputs)
     return path
+
+
+def _drop_unused_initializers(model) -> int:
+    """Remove the top-level initializers that no node reads, in the graph or inside its If/Loop bodies
+    (the exporter leaves some behind around an If, and ONNX Runtime warns about each at load). Returns how
+    many were removed."""
+    used: set[str] = set()
+
+    def walk(graph) -> None:
+        for node in graph.node:
+            used.update(node.input)
+            for a in node.attribute:
+                if a.HasField("g"):
+                    walk(a.g)
+                for g in a.graphs:
+                    walk(g)
+
+    walk(model.graph)
+    used.update(o.name for o in model.graph.output)
+    keep = [i for i in model.graph.initializer if i.name in used]
+    dropped = len(model.graph.initializer) - len(keep)
+    if dropped:
+        del model.graph.initializer[:]
+        model.graph.initializer.extend(keep)
+    return dropped
 
 
 def _check_module_outputs(spec: NetworkSpec, result) -> None:

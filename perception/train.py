@@ -62,6 +62,15 @@ class TrainConfig:
             0 trains the depth distribution through the detection loss alone.
         init_from: checkpoint whose weights start the run (same network sizes), e.g. the LiDAR-only
             baseline, so the fused model starts from a trained LiDAR path; None starts from random weights.
+            A checkpoint without the LiDAR-free path may start a run with one (that path then comes from
+            ``init_lidarless_from`` or starts random).
+        lidarless_path: give the BEV network its second path for the frames without LiDAR
+            (``NetworkConfig.lidarless_path``).
+        init_lidarless_from: a camera+radar baseline's checkpoint (same sizes): its camera network, radar
+            encoder, fuser (the camera and radar inputs), backbone and head start the camera network and the
+            LiDAR-free path, after ``init_from``; the validation also reports the mAP without LiDAR.
+        train_only_lidarless: train the LiDAR-free path alone; the camera network, the encoders and the main
+            path keep the weights (and batch-norm statistics) they start with.
     """
 
     name: str = "fusion"
@@ -90,8 +99,13 @@ class TrainConfig:
     velocity_weight: float = 0.2
     depth_weight: float = 0.0
     init_from: str | None = None
+    lidarless_path: bool = False
+    init_lidarless_from: str | None = None
+    train_only_lidarless: bool = False
 
     def __post_init__(self) -> None:
+        if (self.init_lidarless_from is not None or self.train_only_lidarless) and not self.lidarless_path:
+            raise ValueError("TrainConfig.init_lidarless_from and train_only_lidarless need lidarless_path: true")
         bad = set(self.modalities) - set(MODALITIES)
         if bad or not self.modalities:
             raise ValueError(f"TrainConfig.modalities: {sorted(bad)} unknown; choose from {MODALITIES}")
@@ -506,19 +520,52 @@ def detector_from_checkpoint(path: str | Path, rig=None, lidar_max_pillars: int 
     return det, net_cfg, ck
 
 
-def _init_weights(det: Detector, net_cfg, path: str | Path) -> None:
-    """Start ``det`` from the weights of another run's checkpoint made with the same network sizes."""
+def _same_sizes(net_cfg, path: str | Path, what: str) -> dict:
+    """The checkpoint at ``path``, checked to have ``net_cfg``'s sizes (the LiDAR-free path aside)."""
     p = Path(path)
     if not p.is_file():
-        raise FileNotFoundError(f"init_from: {p} does not exist; train that run first")
+        raise FileNotFoundError(f"{what}: {p} does not exist; train that run first")
     ck = load_checkpoint_file(p)
     theirs = json.loads(ck["network_config"])
     mine = json.loads(json.dumps(net_cfg.to_dict()))
-    if theirs != mine:
-        diff = sorted(k for k in set(theirs) | set(mine) if theirs.get(k) != mine.get(k))
-        raise ValueError(f"init_from: {p} has other network sizes ({', '.join(diff)})")
-    det.load_state_dict(ck["model"])
-    log.info("starting from the weights of %s (step %s)", p, ck.get("step"))
+    diff = sorted(k for k in set(theirs) | set(mine) if k != "lidarless_path" and theirs.get(k) != mine.get(k))
+    if diff:
+        raise ValueError(f"{what}: {p} has other network sizes ({', '.join(diff)})")
+    return ck
+
+
+def _init_weights(det: Detector, net_cfg, path: str | Path) -> None:
+    """Start ``det`` from the weights of another run's checkpoint made with the same network sizes (one
+    without the LiDAR-free path may start a network with one: that path keeps its initial weights)."""
+    ck = _same_sizes(net_cfg, path, "init_from")
+    det.camera.load_state_dict(ck["model"]["camera"])
+    missing, unexpected = det.bev.load_state_dict(ck["model"]["bev"], strict=False)
+    if unexpected or any(not k.startswith("lidarless.") for k in missing):
+        raise ValueError(f"init_from: {path} does not fit this network (missing {missing}, unexpected {unexpected})")
+    log.info("starting from the weights of %s (step %s)", path, ck.get("step"))
+
+
+def _init_lidarless(det: Detector, net_cfg, path: str | Path) -> None:
+    """Start the camera network and the LiDAR-free path from a camera+radar baseline's checkpoint. The
+    baseline's fuser saw zeros for the LiDAR features and flag; the path's fuser takes its weights over the
+    camera and radar features and flags, so at the start the path computes what the baseline computed."""
+    import torch
+
+    from perception.models.networks import PRESENCE
+
+    ck = _same_sizes(net_cfg, path, "init_lidarless_from")
+    theirs = ck["model"]["bev"]
+    det.camera.load_state_dict(ck["model"]["camera"])
+    c = net_cfg
+    keep = torch.cat([torch.arange(c.lidar_channels, c.lidar_channels + c.camera_channels + c.radar_channels),
+                      torch.arange(len(PRESENCE) - 2, len(PRESENCE)) + c.lidar_channels + c.camera_channels
+                      + c.radar_channels])
+    path_sd = {}
+    for k in det.bev.lidarless.state_dict():
+        v = theirs[k]
+        path_sd[k] = v[:, keep] if k == "fuser.0.weight" else v
+    det.bev.lidarless.load_state_dict(path_sd)
+    log.info("LiDAR-free path and camera network from %s (step %s)", path, ck.get("step"))
 
 
 def cell_index_for(net_cfg, rig=None) -> np.ndarray:
@@ -542,7 +589,7 @@ def train(cfg: TrainConfig, out_dir: str | Path, progress: bool = True) -> Path:
     torch.set_num_threads(cfg.threads)
     torch.manual_seed(cfg.seed)
     net_cfg = NetworkConfig(lidar_channels=cfg.lidar_channels, bev_channels=cfg.bev_channels,
-                            lidar_max_pillars=cfg.lidar_max_pillars)
+                            lidar_max_pillars=cfg.lidar_max_pillars, lidarless_path=cfg.lidarless_path)
     cache = Path(cfg.data_cache)
     train_files = generate_drives(train_drives(cfg), cache, workers=cfg.threads, progress=progress)
     val_files = generate_drives(val_drives(cfg), cache, workers=cfg.threads, progress=progress)
@@ -552,8 +599,18 @@ def train(cfg: TrainConfig, out_dir: str | Path, progress: bool = True) -> Path:
     depth = depth_targets_for(net_cfg) if cfg.depth_weight > 0 and "camera" in cfg.modalities else None
     builder = SampleBuilder(net_cfg, cfg.modalities, cfg.dropout_of(), cfg.flip, depth)
     eval_builder = SampleBuilder(net_cfg, cfg.modalities, None, False)
+    without_lidar = tuple(m for m in cfg.modalities if m != "lidar")
+    lidarless_builder = (SampleBuilder(net_cfg, without_lidar, None, False)
+                         if cfg.lidarless_path and "lidar" in cfg.modalities and without_lidar else None)
     decoder = Decoder(net_cfg.head_grid, net_cfg.class_names, DecodeConfig())
-    opt = torch.optim.AdamW(det.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    trained = det.parameters()
+    if cfg.train_only_lidarless:
+        for p in trained:
+            p.requires_grad_(False)
+        trained = list(det.bev.lidarless.parameters())
+        for p in trained:
+            p.requires_grad_(True)
+    opt = torch.optim.AdamW(trained, lr=cfg.lr, weight_decay=cfg.weight_decay)
     items = [(d, i) for d, drive in enumerate(drives) for i in range(len(drive))]
     history: list[dict] = []
     step = 0
@@ -568,8 +625,11 @@ def train(cfg: TrainConfig, out_dir: str | Path, progress: bool = True) -> Path:
         torch.set_rng_state(ck["torch_rng"])
         step, elapsed, history = int(ck["step"]), float(ck["elapsed_s"]), json.loads(ck["history"])
         log.info("resuming %s at step %d", last, step)
-    elif cfg.init_from is not None:
-        _init_weights(det, net_cfg, cfg.init_from)
+    else:
+        if cfg.init_from is not None:
+            _init_weights(det, net_cfg, cfg.init_from)
+        if cfg.init_lidarless_from is not None:
+            _init_lidarless(det, net_cfg, cfg.init_lidarless_from)
 
     def save(path: Path, final: bool) -> None:
         ck = {"network_config": json.dumps(net_cfg.to_dict(), sort_keys=True),
@@ -591,7 +651,11 @@ def train(cfg: TrainConfig, out_dir: str | Path, progress: bool = True) -> Path:
         batch = builder.build(drives, [items[j] for j in pick], rng, train=True)
         for g in opt.param_groups:
             g["lr"] = _lr_at(step, cfg.steps, cfg.lr)
-        det.train(True)
+        if cfg.train_only_lidarless:   # the rest stays as it started, batch-norm statistics included
+            det.train(False)
+            det.bev.lidarless.train(True)
+        else:
+            det.train(True)
         heat, reg, depth_pred = det.forward_with_depth(batch)
         loss, hm, l1 = detection_loss(heat, reg, batch, cfg.velocity_weight)
         dl = None
@@ -600,7 +664,7 @@ def train(cfg: TrainConfig, out_dir: str | Path, progress: bool = True) -> Path:
             loss = loss + cfg.depth_weight * dl
         opt.zero_grad()
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(det.parameters(), 10.0)
+        torch.nn.utils.clip_grad_norm_(trained, 10.0)
         opt.step()
         step += 1
         elapsed += time.perf_counter() - t0
@@ -609,10 +673,15 @@ def train(cfg: TrainConfig, out_dir: str | Path, progress: bool = True) -> Path:
                         **({} if dl is None else {"depth": f"{dl.item():.3f}"}))
         if step % cfg.val_every == 0 or step == cfg.steps:
             res = validate(det, vals, eval_builder, decoder)
-            history.append({"step": step, "elapsed_s": round(elapsed, 1), "mAP": res.mean_ap, "NDS": res.nds,
-                            "AP": {c.name: c.ap for c in res.classes}})
-            bar.write(f"step {step}: val mAP {res.mean_ap:.4f} NDS {res.nds:.4f} "
-                      + " ".join(f"{c.name}={c.ap:.3f}" for c in res.classes))
+            entry = {"step": step, "elapsed_s": round(elapsed, 1), "mAP": res.mean_ap, "NDS": res.nds,
+                     "AP": {c.name: c.ap for c in res.classes}}
+            line = (f"step {step}: val mAP {res.mean_ap:.4f} NDS {res.nds:.4f} "
+                    + " ".join(f"{c.name}={c.ap:.3f}" for c in res.classes))
+            if lidarless_builder is not None:
+                entry["mAP_no_lidar"] = validate(det, vals, lidarless_builder, decoder).mean_ap
+                line += f"; without LiDAR mAP {entry['mAP_no_lidar']:.4f}"
+            history.append(entry)
+            bar.write(line)
         if step % cfg.checkpoint_every == 0 or step == cfg.steps:
             save(last, final=False)
     bar.close()
@@ -634,11 +703,15 @@ def int8_calibration(checkpoint: str | Path, n_frames: int = 64, progress: bool 
     cfg = TrainConfig()
     drives = [Drive.load(p) for p in generate_drives(val_drives(cfg), Path(cfg.data_cache), progress=progress)]
     builder = SampleBuilder(net_cfg, MODALITIES, None, False)
+    # With the path for frames without LiDAR, every fourth frame goes without it, so that path (the other
+    # branch of the graph's If) is calibrated too.
+    lidarless = SampleBuilder(net_cfg, ("camera", "radar"), None, False) if net_cfg.lidarless_path else builder
     picks = [(k % len(drives), (k * 7) % len(drives[k % len(drives)])) for k in range(n_frames)]
 
     def feeds(spec):
-        for d, i in picks:
-            b = builder.build([drives[d]], [(0, i)], np.random.default_rng(0), train=False)
+        for k, (d, i) in enumerate(picks):
+            b = (lidarless if k % 4 == 3 else builder).build([drives[d]], [(0, i)], np.random.default_rng(0),
+                                                             train=False)
             if spec.name == "camera":
                 yield {"images": b.images}
                 continue

@@ -16,6 +16,12 @@ runs the same modules with a larger batch).
 BevNet takes a ``presence`` vector (LiDAR, cameras, radar): a missing modality's features are zeroed and
 the flags are fed to the fuser as constant channels, so one network trained with random modality dropout
 serves every degraded mode (the single-modality baselines are the same network trained with a fixed set).
+With ``NetworkConfig.lidarless_path`` the BEV network also has a second fuser, backbone and head over the
+cameras and radar alone (with its own radar encoder), and the LiDAR presence flag picks which path's output
+comes out: the features of a frame without LiDAR differ so much from those with it that one backbone serves
+one of the two modes well and the other poorly (MetaBEV's modality experts make the same point). For one
+frame (the runtime) only the picked path runs: ``torch.cond``, exported as an ONNX ``If`` (which TensorRT
+supports); a training batch runs both and mixes them by the flag (the same output for flags 0 and 1).
 
 Regression channels at each head cell (CenterPoint): 0-1 centre offset within the cell [cells], 2 z [m],
 3-5 log(length, width, height) [log m], 6-7 sin, cos of yaw, 8-9 vx, vy [m/s] over ground, ego frame.
@@ -57,6 +63,8 @@ class NetworkConfig:
         lidar_max_pillars, lidar_max_points, radar_max_pillars, radar_max_points: pillarization limits.
         head_stride: head cells per BEV cell edge (2: the head grid has 1.6 m cells).
         class_names: detected classes (heatmap channel order).
+        lidarless_path: a second fuser, backbone and head over cameras and radar only, used for the frames
+            without LiDAR (see the module notes).
     """
 
     grid: BevGrid = field(default_factory=BevGrid)
@@ -79,6 +87,7 @@ class NetworkConfig:
     radar_max_points: int = 8
     head_stride: int = 2
     class_names: tuple[str, ...] = CLASS_NAMES
+    lidarless_path: bool = False
 
     @property
     def feature_height(self) -> int:
@@ -106,6 +115,7 @@ class NetworkConfig:
         d = dict(d)
         d["grid"] = BevGrid(**d["grid"])
         d["class_names"] = tuple(d["class_names"])
+        d.setdefault("lidarless_path", False)   # checkpoints made before the LiDAR-free path existed
         return NetworkConfig(**d)
 
 
@@ -170,28 +180,53 @@ class PillarEncoder(nn.Module):
         return canvas.reshape(b, self.grid.ny, self.grid.nx, self.channels).permute(0, 3, 1, 2)
 
 
-class BevNet(nn.Module):
-    """LiDAR and radar pillar encoders, ConvFuser over [LiDAR, camera, radar, presence] BEV features,
-    a two-scale BEV backbone and the CenterPoint head (heatmap per class after sigmoid, regression)."""
+class BevBackbone(nn.Module):
+    """ConvFuser over stacked BEV features (at the head resolution), a two-scale BEV backbone and the
+    CenterPoint head (heatmap per class after sigmoid, regression)."""
 
-    def __init__(self, cfg: NetworkConfig):
+    def __init__(self, cin: int, cfg: NetworkConfig, **encoders: nn.Module):
         super().__init__()
-        self.cfg = cfg
-        g = cfg.grid
-        self.lidar = PillarEncoder(LIDAR_POINT_COLUMNS + PILLAR_EXTRA, cfg.lidar_channels, g)
-        self.radar = PillarEncoder(RADAR_POINT_COLUMNS + PILLAR_EXTRA, cfg.radar_channels, g)
-        cin = cfg.lidar_channels + cfg.camera_channels + cfg.radar_channels + len(PRESENCE)
+        for name, m in encoders.items():   # made and registered before the layers: the order of the seeded init
+            setattr(self, name, m)
         c = cfg.bev_channels
-        s = cfg.head_stride
-        self.fuser = _conv(cin, c, s)                       # ConvFuser, at the head resolution
+        self.fuser = _conv(cin, c, cfg.head_stride)
         self.block1 = nn.Sequential(_conv(c, c), _conv(c, c))
         self.block2 = nn.Sequential(_conv(c, 2 * c, 2), _conv(2 * c, 2 * c), _conv(2 * c, 2 * c))
         self.up2 = nn.Sequential(nn.ConvTranspose2d(2 * c, c, 2, 2, bias=False), nn.BatchNorm2d(c), nn.ReLU(inplace=True))
         self.shared = _conv(2 * c, c)
-        k = len(cfg.class_names)
-        self.heatmap = nn.Conv2d(c, k, 1)
+        self.heatmap = nn.Conv2d(c, len(cfg.class_names), 1)
         self.regression = nn.Conv2d(c, N_REGRESSION, 1)
         nn.init.constant_(self.heatmap.bias, -2.19)
+
+    def head(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        x1 = self.block1(self.fuser(x))
+        x2 = self.up2(self.block2(x1))
+        x = self.shared(torch.cat([x1, x2], dim=1))
+        return torch.sigmoid(self.heatmap(x)), self.regression(x)
+
+
+class LidarlessPath(BevBackbone):
+    """The BEV path of the frames without LiDAR: its own radar encoder, then a fuser over [camera, radar,
+    camera and radar presence flags], backbone and head."""
+
+    def __init__(self, cfg: NetworkConfig):
+        super().__init__(cfg.camera_channels + cfg.radar_channels + 2, cfg,
+                         radar=PillarEncoder(RADAR_POINT_COLUMNS + PILLAR_EXTRA, cfg.radar_channels, cfg.grid))
+
+
+class BevNet(BevBackbone):
+    """LiDAR and radar pillar encoders, then the ConvFuser over [LiDAR, camera, radar, presence] BEV
+    features, backbone and head; with ``cfg.lidarless_path`` also the :class:`LidarlessPath`, whose output
+    replaces the main one where the LiDAR presence flag is 0."""
+
+    def __init__(self, cfg: NetworkConfig):
+        g = cfg.grid
+        super().__init__(cfg.lidar_channels + cfg.camera_channels + cfg.radar_channels + len(PRESENCE), cfg,
+                         lidar=PillarEncoder(LIDAR_POINT_COLUMNS + PILLAR_EXTRA, cfg.lidar_channels, g),
+                         radar=PillarEncoder(RADAR_POINT_COLUMNS + PILLAR_EXTRA, cfg.radar_channels, g))
+        self.cfg = cfg
+        self.lidarless = LidarlessPath(cfg) if cfg.lidarless_path else None
+        k = len(cfg.class_names)
         hg = cfg.head_grid
         self.spec = NetworkSpec(
             "bev",
@@ -206,15 +241,31 @@ class BevNet(nn.Module):
         )
 
     def forward(self, lidar_pillars, lidar_index, radar_pillars, radar_index, camera_bev, presence):
+        args = (lidar_pillars, lidar_index, radar_pillars, radar_index, camera_bev, presence)
+        if self.lidarless is None:
+            return self._main(*args)
+        if presence.shape[0] == 1 and not self.training:
+            # One frame (the runtime): only the path its LiDAR flag picks runs; in the exported graph an If.
+            if torch.compiler.is_exporting():
+                return torch.cond(presence[0, 0] > 0.5, self._main, self._lidarless, args)
+            return self._main(*args) if bool(presence[0, 0] > 0.5) else self._lidarless(*args)
+        lidar_on = presence[:, 0].view(-1, 1, 1, 1)
+        heat, reg = self._main(*args)
+        heat_l, reg_l = self._lidarless(*args)
+        return lidar_on * heat + (1 - lidar_on) * heat_l, lidar_on * reg + (1 - lidar_on) * reg_l
+
+    def _main(self, lidar_pillars, lidar_index, radar_pillars, radar_index, camera_bev, presence):
         lidar = self.lidar(lidar_pillars, lidar_index) * presence[:, 0].view(-1, 1, 1, 1)
         radar = self.radar(radar_pillars, radar_index) * presence[:, 2].view(-1, 1, 1, 1)
         camera = camera_bev * presence[:, 1].view(-1, 1, 1, 1)
         flags = presence.view(-1, len(PRESENCE), 1, 1).expand(-1, -1, lidar.shape[2], lidar.shape[3])
-        x = self.fuser(torch.cat([lidar, camera, radar, flags], dim=1))
-        x1 = self.block1(x)
-        x2 = self.up2(self.block2(x1))
-        x = self.shared(torch.cat([x1, x2], dim=1))
-        return torch.sigmoid(self.heatmap(x)), self.regression(x)
+        return self.head(torch.cat([lidar, camera, radar, flags], dim=1))
+
+    def _lidarless(self, lidar_pillars, lidar_index, radar_pillars, radar_index, camera_bev, presence):
+        radar = self.lidarless.radar(radar_pillars, radar_index) * presence[:, 2].view(-1, 1, 1, 1)
+        camera = camera_bev * presence[:, 1].view(-1, 1, 1, 1)
+        flags = presence[:, 1:].view(-1, 2, 1, 1).expand(-1, -1, radar.shape[2], radar.shape[3])
+        return self.lidarless.head(torch.cat([camera, radar, flags], dim=1))
 
 
 def camera_bev_torch(depth: torch.Tensor, features: torch.Tensor, cell_index: torch.Tensor, n_cells: int,
@@ -274,8 +325,9 @@ def frustum_cell_index(cfg: NetworkConfig, cameras, ego_from_cameras) -> np.ndar
 
 
 def default_network_modules() -> list[nn.Module]:
-    """The default-sized networks (random weights, eval mode), for export and parity tests."""
-    cfg = NetworkConfig()
+    """The default-sized networks with the shipped model's LiDAR-free path (random weights, eval mode), for
+    export and parity tests."""
+    cfg = NetworkConfig(lidarless_path=True)
     return [CameraNet(cfg).eval(), BevNet(cfg).eval()]
 
 

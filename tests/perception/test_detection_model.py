@@ -125,3 +125,34 @@ def test_detections_mask_keeps_siren_events_associated_only_with_kept_boxes():
     assert [e.detection_index for e in kept.siren_events] == [-1, 1]
     frame = kept.to_frame_boxes()
     assert list(frame.labels) == ["car", "car"] and frame.attributes[0] == {"siren": False}
+
+
+def test_the_lidar_flag_picks_the_main_path_or_the_lidarless_path_per_sample():
+    from dataclasses import replace
+
+    torch.manual_seed(0)
+    cfg = replace(NetworkConfig(), lidarless_path=True, lidar_max_pillars=64)
+    net = BevNet(cfg).eval()
+    feeds = {t.name: torch.from_numpy(v) for t, v in zip(net.spec.inputs, net.spec.random_inputs(0).values())}
+    lp, li, rp, ri, cam = (feeds[n].expand(2, *feeds[n].shape[1:]).clone() for n in net.spec.input_names[:5])
+    presence = torch.tensor([[1.0, 1.0, 1.0], [0.0, 1.0, 1.0]])
+    with torch.inference_mode():
+        heat, reg = net(lp, li, rp, ri, cam, presence)
+        # The main path by itself: the same network without the second path, same weights.
+        main = BevNet(replace(cfg, lidarless_path=False)).eval()
+        main.load_state_dict({k: v for k, v in net.state_dict().items() if not k.startswith("lidarless.")})
+        heat_main, reg_main = main(lp, li, rp, ri, cam, presence)
+        # The LiDAR-free path by itself, from the camera and radar inputs alone.
+        p = net.lidarless
+        radar = p.radar(rp, ri)
+        flags = presence[:, 1:].view(2, 2, 1, 1).expand(-1, -1, cfg.grid.ny, cfg.grid.nx)
+        heat_l, reg_l = p.head(torch.cat([cam, radar, flags], dim=1))
+    torch.testing.assert_close(heat[0], heat_main[0], rtol=0, atol=0)
+    torch.testing.assert_close(reg[0], reg_main[0], rtol=0, atol=0)
+    torch.testing.assert_close(heat[1], heat_l[1], rtol=0, atol=0)
+    torch.testing.assert_close(reg[1], reg_l[1], rtol=0, atol=0)
+    assert not torch.allclose(heat_main[1], heat_l[1])   # the two paths do differ
+    # The LiDAR points cannot reach the output of a frame flagged without LiDAR.
+    with torch.inference_mode():
+        heat2, _ = net(lp * 0 + 5.0, li, rp, ri, cam, presence)
+    torch.testing.assert_close(heat2[1], heat[1], rtol=0, atol=0)

@@ -8,7 +8,9 @@ import hashlib
 import importlib.util
 import json
 
+import numpy as np
 import onnx
+import onnx.numpy_helper
 import pytest
 import torch
 from torch import nn
@@ -126,6 +128,37 @@ def test_ops_of_other_domains_and_inside_subgraphs_are_checked(tmp_path):
     path = tmp_path / "hand.onnx"
     onnx.save(h.make_model(graph, opset_imports=[h.make_opsetid("", 18), h.make_opsetid("com.microsoft", 1)]), path)
     assert unsupported_tensorrt_ops(path) == ["Det", "com.microsoft.FusedGemm"]
+
+
+def test_initializers_no_node_reads_are_dropped_and_those_read_inside_an_if_branch_kept():
+    from perception.export import _drop_unused_initializers
+
+    h = onnx.helper
+    then_branch = h.make_graph([h.make_node("Add", ["v", "w_then"], ["d_then"])], "then", [],
+                               [h.make_tensor_value_info("d_then", onnx.TensorProto.FLOAT, [2])])
+    else_branch = h.make_graph([h.make_node("Identity", ["v"], ["d_else"])], "else", [],
+                               [h.make_tensor_value_info("d_else", onnx.TensorProto.FLOAT, [2])])
+    weights = [onnx.numpy_helper.from_array(np.ones(2, np.float32), name) for name in ("w_then", "w_unused")]
+    graph = h.make_graph([h.make_node("If", ["c"], ["d"], then_branch=then_branch, else_branch=else_branch)], "g",
+                         [h.make_tensor_value_info("c", onnx.TensorProto.BOOL, []),
+                          h.make_tensor_value_info("v", onnx.TensorProto.FLOAT, [2])],
+                         [h.make_tensor_value_info("d", onnx.TensorProto.FLOAT, [2])], initializer=weights)
+    model = h.make_model(graph, opset_imports=[h.make_opsetid("", 18)])
+    assert _drop_unused_initializers(model) == 1
+    assert [i.name for i in model.graph.initializer] == ["w_then"]
+    onnx.checker.check_model(model, full_check=True)
+
+
+def test_the_bev_network_runs_only_the_path_its_lidar_flag_picks_in_the_exported_graph(tmp_path):
+    from perception.models.networks import BevNet, NetworkConfig
+
+    torch.manual_seed(0)
+    net = BevNet(NetworkConfig(lidarless_path=True, lidar_max_pillars=256)).eval()
+    path = export_onnx(net, net.spec, tmp_path / "bev.onnx")
+    model = onnx.load(str(path))
+    ifs = [n for n in model.graph.node if n.op_type == "If"]
+    assert len(ifs) == 1 and not any(n.op_type == "Conv" for n in model.graph.node)  # the paths are the branches
+    assert unsupported_tensorrt_ops(path) == []
 
 
 def test_supported_op_list_holds_the_ops_our_networks_use_and_not_the_refused_ones():

@@ -168,3 +168,53 @@ def test_depth_supervised_training_runs_and_reports_the_depth_loss(tmp_path):
     assert float(depth_loss(exact, a)) == pytest.approx(0.0, abs=1e-6)
     ck = load_checkpoint_file(train(cfg, tmp_path / "run", progress=False))
     assert json.loads(ck["train_config"])["depth_weight"] == 1.0
+
+
+def test_the_lidarless_path_starts_as_the_camera_radar_baseline_and_the_main_path_as_the_fused_run(tmp_path):
+    import numpy as np
+
+    from perception.train import SampleBuilder, detector_from_checkpoint, generate_drives, train_drives
+    from perception.training_data import Drive
+
+    base = _tiny(tmp_path)
+    fused = train(base, tmp_path / "fused", progress=False)
+    cam_radar = train(dataclasses.replace(base, name="cr", seed=1, modalities=("camera", "radar"),
+                                          modality_dropout=0.0), tmp_path / "cr", progress=False)
+    both = dataclasses.replace(base, name="both", steps=0, init_from=str(fused), lidarless_path=True,
+                               init_lidarless_from=str(cam_radar))
+    composed = train(both, tmp_path / "both", progress=False)
+
+    drive = Drive.load(generate_drives(train_drives(base), tmp_path / "cache", workers=1, progress=False)[0])
+    i = next(k for k in range(len(drive)) if drive.lidar_present[k] and drive.radar_present[k]
+             and drive.cam_present[k].all())
+
+    def outputs(ckpt, modalities):
+        det, net_cfg, _ = detector_from_checkpoint(ckpt)
+        batch = SampleBuilder(net_cfg, modalities, None, False).build([drive], [(0, i)], np.random.default_rng(0),
+                                                                      train=False)
+        with torch.inference_mode():
+            return det.forward(batch)
+
+    # Without LiDAR the composed model computes what the camera+radar baseline computes.
+    for got, want in zip(outputs(composed, ("camera", "radar")), outputs(cam_radar, ("camera", "radar"))):
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+    # With LiDAR (and no camera, whose network now comes from the baseline) it computes what the fused run did.
+    for got, want in zip(outputs(composed, ("lidar", "radar")), outputs(fused, ("lidar", "radar"))):
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+    # Training the second path alone leaves every other weight and batch-norm statistic as it started, and
+    # the run reports its validation without LiDAR too.
+    run = dataclasses.replace(both, name="both2", steps=2, train_only_lidarless=True, lidar_dropout=0.9)
+    after = load_checkpoint_file(train(run, tmp_path / "both2", progress=False))["model"]
+    start = load_checkpoint_file(composed)["model"]
+    changed = {f"{part}.{k}" for part in ("camera", "bev") for k, v in start[part].items()
+               if not torch.equal(v, after[part][k])}
+    assert changed and all(k.startswith("bev.lidarless.") for k in changed), sorted(changed)[:5]
+    history = json.loads((tmp_path / "both2" / "history.json").read_text())
+    assert 0.0 <= history[-1]["mAP_no_lidar"] <= 1.0
+    with pytest.raises(ValueError, match="need lidarless_path"):
+        dataclasses.replace(base, init_lidarless_from=str(cam_radar))
+    with pytest.raises(ValueError, match="need lidarless_path"):
+        dataclasses.replace(base, train_only_lidarless=True)
+    with pytest.raises(FileNotFoundError, match="train that run first"):
+        train(dataclasses.replace(both, init_lidarless_from=str(tmp_path / "missing.pt")), tmp_path / "x",
+              progress=False)
