@@ -130,11 +130,13 @@ def test_ops_of_other_domains_and_inside_subgraphs_are_checked(tmp_path):
     assert unsupported_tensorrt_ops(path) == ["Det", "com.microsoft.FusedGemm"]
 
 
-def test_initializers_no_node_reads_are_dropped_and_those_read_inside_an_if_branch_kept():
-    from perception.export import _drop_unused_initializers
+def test_unread_initializers_and_stack_traces_are_dropped_and_what_an_if_branch_reads_is_kept():
+    from perception.export import _tidy
 
     h = onnx.helper
-    then_branch = h.make_graph([h.make_node("Add", ["v", "w_then"], ["d_then"])], "then", [],
+    add = h.make_node("Add", ["v", "w_then"], ["d_then"])
+    h.set_metadata_props(add, {"pkg.torch.onnx.stack_trace": "File ...", "namespace": "bev"})
+    then_branch = h.make_graph([add], "then", [],
                                [h.make_tensor_value_info("d_then", onnx.TensorProto.FLOAT, [2])])
     else_branch = h.make_graph([h.make_node("Identity", ["v"], ["d_else"])], "else", [],
                                [h.make_tensor_value_info("d_else", onnx.TensorProto.FLOAT, [2])])
@@ -144,8 +146,12 @@ def test_initializers_no_node_reads_are_dropped_and_those_read_inside_an_if_bran
                           h.make_tensor_value_info("v", onnx.TensorProto.FLOAT, [2])],
                          [h.make_tensor_value_info("d", onnx.TensorProto.FLOAT, [2])], initializer=weights)
     model = h.make_model(graph, opset_imports=[h.make_opsetid("", 18)])
-    assert _drop_unused_initializers(model) == 1
+    assert _tidy(model)
     assert [i.name for i in model.graph.initializer] == ["w_then"]
+    then = next(a.g for a in model.graph.node[0].attribute if a.name == "then_branch")
+    kept = then.node[0].metadata_props
+    assert [(p.key, p.value) for p in kept] == [("namespace", "bev")]  # the stack trace is gone
+    assert not _tidy(model)
     onnx.checker.check_model(model, full_check=True)
 
 
