@@ -118,12 +118,6 @@ class SimConfig:
 
 
 # ---------------------------------------------------------------------------------------------- default rig
-def _yaw(yaw_deg: float) -> np.ndarray:
-    """Rotation about the ego z axis by ``yaw_deg`` (a level sensor looking that way)."""
-    c, s = np.cos(np.radians(yaw_deg)), np.sin(np.radians(yaw_deg))
-    return np.array([[c, -s, 0.0], [s, c, 0.0], [0.0, 0.0, 1.0]])
-
-
 def _camera_rotation(yaw_deg: float) -> np.ndarray:
     """ego_from_camera rotation of a level camera looking along ego yaw ``yaw_deg`` (optical frame)."""
     y = np.radians(yaw_deg)
@@ -179,7 +173,8 @@ def default_rig(n_cameras: int = 2) -> Rig:
 
     sensors += [
         Sensor("lidar_top", "lidar", level("lidar_top", (1.0, 0.0, 1.9)), rate_hz=10.0),
-        *[Sensor(rid, "radar", Transform("ego", rid, _yaw(yaw), pos), rate_hz=13.0) for rid, yaw, pos in RADAR_LAYOUT],
+        *[Sensor(rid, "radar", Transform.from_rpy("ego", rid, 0.0, 0.0, np.radians(yaw), pos), rate_hz=13.0)
+          for rid, yaw, pos in RADAR_LAYOUT],
         Sensor("imu", "imu", level("imu", (1.3, 0.0, 0.4)), rate_hz=200.0),
         Sensor("mic_array", "microphone", level("mic_array", (0.2, 0.0, 1.6)), rate_hz=10.0,
                mic_positions=np.array([[0.1, 0.1, 0.0], [0.1, -0.1, 0.0], [-0.1, 0.1, 0.0], [-0.1, -0.1, 0.0]])),

@@ -140,7 +140,8 @@ def export_onnx(module, spec: NetworkSpec, path: str | os.PathLike, opset: int =
 
 
 def _all_nodes(graph):
-    """The nodes of ``graph`` and of every graph nested in them (If/Loop/Scan bodies)."""
+    """The nodes of ``graph`` (or of a local function) and of every graph nested in them (If/Loop/Scan
+    bodies)."""
     for node in graph.node:
         yield node
         for a in node.attribute:
@@ -251,13 +252,13 @@ def unsupported_tensorrt_ops(onnx_path: str | os.PathLike) -> list[str]:
     found: set[str] = set()
     seen_functions: set[tuple[str, str]] = set()
 
-    def walk(nodes) -> None:
-        for node in nodes:
+    def walk(graph) -> None:  # a graph or a local function: both hold nodes
+        for node in _all_nodes(graph):
             key = (node.domain, node.op_type)
             if key in functions:
                 if key not in seen_functions:
                     seen_functions.add(key)
-                    walk(functions[key].node)
+                    walk(functions[key])
                 continue
             if node.domain not in ("", "ai.onnx"):
                 found.add(f"{node.domain}.{node.op_type}")
@@ -267,14 +268,8 @@ def unsupported_tensorrt_ops(onnx_path: str | os.PathLike) -> list[str]:
                 problem = _restriction(node)
                 if problem:
                     found.add(problem)
-            for attr in node.attribute:
-                if attr.type == onnx.AttributeProto.GRAPH:
-                    walk(attr.g.node)
-                elif attr.type == onnx.AttributeProto.GRAPHS:
-                    for g in attr.graphs:
-                        walk(g.node)
 
-    walk(model.graph.node)
+    walk(model.graph)
     return sorted(found)
 
 

@@ -76,9 +76,8 @@ class PipelineConfig:
     model_cache: str = ".cache/models"
     sync_config: str = "configs/sync_sim.yaml"
     lidar_id: str = "lidar_top"
-    camera_ids: tuple[str, ...] = ("cam_front", "cam_rear")
-    radar_ids: tuple[str, ...] = ("radar_front", "radar_front_left", "radar_front_right", "radar_back_left",
-                                  "radar_back_right")
+    camera_ids: tuple[str, ...] = FrontendConfig.camera_ids
+    radar_ids: tuple[str, ...] = FrontendConfig.radar_ids
     imu_id: str = "imu"
     microphone_id: Optional[str] = "mic_array"
     lidar_max_pillars: Optional[int] = None

@@ -549,17 +549,12 @@ def _init_lidarless(det: Detector, net_cfg, path: str | Path) -> None:
     """Start the camera network and the LiDAR-free path from a camera+radar baseline's checkpoint. The
     baseline's fuser saw zeros for the LiDAR features and flag; the path's fuser takes its weights over the
     camera and radar features and flags, so at the start the path computes what the baseline computed."""
-    import torch
-
-    from perception.models.networks import PRESENCE
-
     ck = _same_sizes(net_cfg, path, "init_lidarless_from")
     theirs = ck["model"]["bev"]
     det.camera.load_state_dict(ck["model"]["camera"])
-    c = net_cfg
-    keep = torch.cat([torch.arange(c.lidar_channels, c.lidar_channels + c.camera_channels + c.radar_channels),
-                      torch.arange(len(PRESENCE) - 2, len(PRESENCE)) + c.lidar_channels + c.camera_channels
-                      + c.radar_channels])
+    # The baseline's fuser inputs: LiDAR, camera and radar features, then the LiDAR, camera and radar flags.
+    flags = net_cfg.lidar_channels + net_cfg.camera_channels + net_cfg.radar_channels
+    keep = [*range(net_cfg.lidar_channels, flags), flags + 1, flags + 2]
     path_sd = {}
     for k in det.bev.lidarless.state_dict():
         v = theirs[k]

@@ -130,6 +130,19 @@ def test_ops_of_other_domains_and_inside_subgraphs_are_checked(tmp_path):
     assert unsupported_tensorrt_ops(path) == ["Det", "com.microsoft.FusedGemm"]
 
 
+def test_ops_inside_a_local_function_are_checked_and_the_call_itself_is_not_refused(tmp_path):
+    h = onnx.helper
+    func = h.make_function("local", "Block", ["x"], ["y"], [h.make_node("Det", ["x"], ["y"])],
+                           [h.make_opsetid("", 18)])
+    graph = h.make_graph([h.make_node("Block", ["m"], ["d"], domain="local")], "g",
+                         [h.make_tensor_value_info("m", onnx.TensorProto.FLOAT, [2, 3, 3])],
+                         [h.make_tensor_value_info("d", onnx.TensorProto.FLOAT, [2])])
+    path = tmp_path / "function.onnx"
+    onnx.save(h.make_model(graph, functions=[func], opset_imports=[h.make_opsetid("", 18),
+                                                                     h.make_opsetid("local", 1)]), path)
+    assert unsupported_tensorrt_ops(path) == ["Det"]
+
+
 def test_unread_initializers_and_stack_traces_are_dropped_and_what_an_if_branch_reads_is_kept():
     from perception.export import _tidy
 
