@@ -29,11 +29,13 @@ Speed notes:
   here. Measured no faster on consecutive different frames: branch-free slot assignment (into per-cell or
   per-pillar tables with a spare slot for dropped points), listing each block's kept points without a branch
   and copying their rows in a second loop (10 % slower), listing the points whose pillar was not yet full
-  first, and noting input row numbers in pass 1 to gather the rows in pass 2. A two-thread split (halves of
-  the points, then halves of the pillars, in a ``parallel=True`` kernel) was 3 % faster: its extra passes over
-  per-point arrays cost nearly what the second core saves. 16-bit cell tables: no faster (repeated frame). A
-  new frame takes about a third longer than the same frame again, nearly all of it in the point pass's branch
-  on whether the point's pillar is full: the branch predictor learns it for a repeated input.
+  first, and noting input row numbers in pass 1 to gather the rows in pass 2. Two threads (a ``parallel=True``
+  kernel finding the cells of each half of the points, then the serial slot pass, then each half of the
+  pillars) take a quarter off, but only while OpenMP's idle worker spins, and it spins for about 7 ms after
+  every call, on the core the networks that follow need; with passive waiting the wake-ups cost what the
+  second core saves. 16-bit cell tables: no faster (repeated frame). A new frame takes about a third longer
+  than the same frame again, nearly all of it in the point pass's branch on whether the point's pillar is
+  full: the branch predictor learns it for a repeated input.
 - BEV pooling sorts the frustum points by cell (a stable counting sort), sums each occupied cell's points
   in float64 and writes the output row by row. :class:`BevPoolPlan` does the sort once for a static rig.
 - Measured by ``benchmarks/bench_pillarize.py`` and ``benchmarks/bench_kernels.py``.
