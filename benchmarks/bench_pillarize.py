@@ -16,9 +16,9 @@ Rows, per (P, M) configuration:
 Ratio columns: spconv's median / the row's median (> 1: faster than spconv), and the numpy reference's
 median / the row's median. The rows take turns in blocks of 8 calls (each block on the frames in turn), so a
 slow spell of the machine falls on all of them while each call finds the caches its own predecessor left, as
-a pipeline stage does. Our rows do more than spconv: besides grouping
-the points they write PointPillars' five decorations per point (offsets from the pillar mean and the cell
-centre), which spconv leaves to the network.
+a pipeline stage does. Our rows do more than spconv: besides grouping the points they write PointPillars'
+five decorations per point (offsets from the pillar mean and the cell centre), which spconv leaves to the
+network.
 Three more lines per configuration time ``Pillarizer`` and spconv call by call (the median of the per-call
 ratios):
 - alternating: each call starts with the caches the other has just used;
@@ -194,11 +194,11 @@ def compare(frames: list[np.ndarray], grid: BevGrid, p: int, m: int, runs: int, 
             paired.append(f"{'':>13}{label}: Pillarizer {1e3 * statistics.median(ours_t):.3f} ms, spconv "
                           f"{1e3 * statistics.median(theirs_t):.3f} ms, median per-call ratio "
                           f"{statistics.median(b / a for a, b in zip(ours_t, theirs_t)):.2f}x")
-    medians = block_medians([fn for _, fn, _ in named], [r for _, _, r in named])
-    rows = list(zip([name for name, _, _ in named], medians))
-    spconv_ms = rows[3][1] if len(rows) > 3 else None
-    ref_ms = rows[2][1]
-    for name, ms in rows:
+    rows = dict(zip([name for name, _, _ in named],
+                    block_medians([fn for _, fn, _ in named], [r for _, _, r in named])))
+    spconv_ms = rows.get("spconv PointToVoxel")
+    ref_ms = rows["pillarize_reference"]
+    for name, ms in rows.items():
         ratio = f"{spconv_ms / ms:11.2f}x" if spconv_ms else f"{'-':>12}"
         print(f"{p:>6} {m:>5} {name:<24} {ms:>10.3f} {ratio} {ref_ms / ms:10.2f}x")
     print(f"{'':>13}frame 1: {n_occ} occupied cells ({p_drop} dropped by P); {100 * frac:.1f} % of in-grid "

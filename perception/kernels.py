@@ -35,14 +35,15 @@ Speed notes:
   passive waiting the wake-ups cost what the second core saves. In realtime replay the spinning version's
   stage p95 went from 1.5-2 ms to 7-9 ms (p99 11 ms): now and then a call waits milliseconds for the worker
   thread. 8- and 16-bit count tables, or a bit per full cell: no faster, on new frames too. Summing the means
-  in the point pass (in point order, from the block's x y z) and writing the cell-centre offsets there: 2 %.
-  Output buffers on huge pages: no faster. A new frame takes about a third longer than the same frame again,
-  most of it in the point pass's branch on whether the point's pillar is full, which the branch predictor
-  learns for a repeated input (that loop alone: 0.07 ms on a repeated frame, 0.18 ms on new ones, about one
-  misprediction per kept point); without the branch (every point stores its cell's count) the loop takes
-  0.14 ms either way, because points in a row that share a cell wait for each other's store. Sixteen points
-  at a time with AVX-512 (gather the counts, rank equal cells with a conflict test, scatter, compress the kept
-  ones), written in C for the measurement: 0.18 ms, no better (gather and scatter cost what the branch did).
+  in the point pass (in point order, from the block's x y z) and writing the cell-centre offsets there: 2 %
+  faster, within this machine's noise. Output buffers on huge pages: no faster. A new frame takes about a
+  third longer than the same frame again, most of it in the point pass's branch on whether the point's pillar
+  is full, which the branch predictor learns for a repeated input (that loop alone: 0.07 ms on a repeated
+  frame, 0.18 ms on new ones, about one misprediction per change from kept to dropped points or back);
+  without the branch (every point stores its cell's count) the loop takes 0.14 ms either way, because points
+  in a row that share a cell wait for each other's store. Sixteen points at a time with AVX-512 (gather the
+  counts, rank equal cells with a conflict test, scatter, compress the kept ones), written in C for the
+  measurement: 0.18 ms, no better (gather and scatter cost what the branch did).
 - BEV pooling sorts the frustum points by cell (a stable counting sort), sums each occupied cell's points
   in float64 and writes the output row by row. :class:`BevPoolPlan` does the sort once for a static rig.
 - Measured by ``benchmarks/bench_pillarize.py`` and ``benchmarks/bench_kernels.py``.
