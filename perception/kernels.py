@@ -25,25 +25,35 @@ Speed notes:
   this one does not. The plain :func:`pillarize` writes into any caller buffer and so clears all of it.
   The decorations stay here rather than in the network: computed in the BEV graph from the raw rows (as
   mmdetection3d's PillarFeatureNet does), they cost ONNX Runtime about 8 ms a frame on 2 CPU cores
-  (broadcast subtractions, slices and concatenations over the (6000, 16, C) tensor), against about 0.15 ms
-  here. Measured no faster on consecutive different frames: branch-free slot assignment (into per-cell or
-  per-pillar tables with a spare slot for dropped points), listing each block's kept points without a branch
-  and copying their rows in a second loop, listing the points whose pillar was not yet full first, and noting
-  input row numbers in pass 1 to gather the rows in pass 2. Two threads (a ``parallel=True`` kernel finding
-  the cells of each half of the points, then the serial slot pass, then each half of the pillars) take a
-  quarter off in the benchmark, but only while OpenMP's idle worker spins (about 7 ms after every call); with
-  passive waiting the wake-ups cost what the second core saves. In realtime replay the spinning version's
-  stage p95 went from 1.5-2 ms to 7-9 ms (p99 11 ms): now and then a call waits milliseconds for the worker
-  thread. 8- and 16-bit count tables, or a bit per full cell: no faster, on new frames too. Summing the means
-  in the point pass (in point order, from the block's x y z) and writing the cell-centre offsets there: 2 %
-  faster, within this machine's noise. Output buffers on huge pages: no faster. A new frame takes about a
-  third longer than the same frame again, most of it in the point pass's branch on whether the point's pillar
-  is full, which the branch predictor learns for a repeated input (that loop alone: 0.07 ms on a repeated
-  frame, 0.18 ms on new ones, about one misprediction per change from kept to dropped points or back);
-  without the branch (every point stores its cell's count) the loop takes 0.14 ms either way, because points
-  in a row that share a cell wait for each other's store. Sixteen points at a time with AVX-512 (gather the
-  counts, rank equal cells with a conflict test, scatter, compress the kept ones), written in C for the
-  measurement: 0.18 ms, no better (gather and scatter cost what the branch did).
+  (broadcast subtractions, slices and concatenations over the (6000, 16, C) tensor), against about 0.1 ms
+  here.
+- Row traffic goes through three small LLVM-IR helpers (``_xyz16``, ``_copy8``, ``_decorate``), because
+  numba compiles every row access to one scalar load or store per float: x y z of 16 LiDAR rows with five
+  loads and a few permutes (the strided copy was a sixth of the kernel), a kept row with one 8-float move
+  instead of five, the five decorations with two stores. Together, on new frames of 120k points, about a
+  fifth off the kernel at 6000 x 16 (0.74 -> 0.59 ms in one run) and a quarter at M = 128 and 512; the
+  numba-only versions of the same loops with flat unsigned indices took back less than half of that.
+- Measured no faster on consecutive different frames (the pipeline's case): branch-free slot assignment (into
+  per-cell or per-pillar tables with a spare slot for dropped points), listing each block's kept points
+  without a branch and copying their rows in a second loop, listing the points whose pillar was not yet full
+  at the start of the block first (a quarter slower), ranking every point within its cell in one branch-free
+  loop and handling only the ranks below M in a second (7 % slower), noting input row numbers in pass 1 to
+  gather the rows in pass 2, 8- and 16-bit count tables, a bit per full cell, count and pillar packed in one
+  table (16 % slower), summing the means in the point pass (scalar or as a 4-double vector: up to 5 %
+  slower), a vector float64 sum in the pillar pass (within noise at M = 16, slower at M = 512), the z-slab test
+  as two float32 bounds or a multiplication instead of the division (within noise), output buffers on huge
+  pages. Two threads (a ``parallel=True`` kernel finding the cells of each half of the points, then the
+  serial slot pass, then each half of the pillars) take a quarter off in the benchmark, but only while
+  OpenMP's idle worker spins (about 7 ms after every call); with passive waiting the wake-ups cost what the
+  second core saves. In realtime replay the spinning version's stage p95 went from 1.5-2 ms to 7-9 ms (p99
+  11 ms): now and then a call waits milliseconds for the worker thread.
+- A new frame takes about a sixth longer than the same frame again, most of it in the point pass's branch on
+  whether the point's pillar is full, which the branch predictor learns for a repeated input (about one
+  misprediction per change from kept to dropped points or back, ~19k a frame); without the branch (every
+  point stores its cell's count) the loop is slower either way, because points in a row that share a cell
+  wait for each other's store. Sixteen points at a time with AVX-512 (gather the counts, rank equal cells
+  with a conflict test, scatter, compress the kept ones), written in C for the measurement: no better
+  (gather and scatter cost what the branch did).
 - BEV pooling sorts the frustum points by cell (a stable counting sort), sums each occupied cell's points
   in float64 and writes the output row by row. :class:`BevPoolPlan` does the sort once for a static rig.
 - Measured by ``benchmarks/bench_pillarize.py`` and ``benchmarks/bench_kernels.py``.
@@ -53,6 +63,9 @@ from __future__ import annotations
 
 import numba as nb
 import numpy as np
+from llvmlite import ir
+from numba.core import types
+from numba.extending import intrinsic
 
 from perception.bev import BevGrid
 
@@ -91,6 +104,102 @@ def _check_pillar_buffers(where: str, points: np.ndarray, grid: BevGrid, out_fea
                 or not arr.flags.writeable):
             raise ValueError(f"{where}: {name} must be a writeable contiguous ({p},) {np.dtype(dt).name} array, got "
                              f"{getattr(arr, 'shape', None)} {getattr(arr, 'dtype', None)}")
+
+
+# Vector helpers for the pillarizer. numba (LLVM) compiles the kernel's row accesses (5-column LiDAR rows,
+# rows of C+5 output columns) to one scalar load or store per float: a stride of 5 does not vectorise, and
+# the gathers LLVM emits when pushed to (flat indices) made the kernel a sixth slower on our Zen 4. These
+# three intrinsics write the vector loads, shuffles and stores out in target-independent LLVM IR, which LLVM
+# lowers for the CPU it compiles for (AVX-512 permutes here). They do no bounds checks: each one's docstring
+# says what its caller guarantees.
+_F32 = ir.FloatType()
+_I32 = ir.IntType(32)
+
+
+def _f32_array(t) -> bool:
+    return isinstance(t, types.Array) and t.dtype == types.float32 and t.ndim == 1 and t.layout == "C"
+
+
+def _vec_ptr(builder, context, arr_type, arr, offset, width: int):
+    """Pointer to ``width`` float32 at ``arr[offset]`` as an LLVM vector pointer."""
+    data = context.make_array(arr_type)(context, builder, arr).data
+    return builder.bitcast(builder.gep(data, [offset]), ir.VectorType(_F32, width).as_pointer())
+
+
+def _shuffle_mask(lanes: list[int]) -> ir.Constant:
+    return ir.Constant(ir.VectorType(_I32, len(lanes)), [ir.Constant(_I32, i) for i in lanes])
+
+
+@intrinsic
+def _xyz16(typingctx, rows, start, bx, by, bz, j):
+    """Columns 0, 1, 2 of the 16 five-column rows at ``rows[start:start + 80]`` into ``bx``, ``by``,
+    ``bz[j:j + 16]``: five 16-float loads, shuffles, three 16-float stores. The caller guarantees both ranges
+    are inside the arrays."""
+    if not (_f32_array(rows) and _f32_array(bx) and _f32_array(by) and _f32_array(bz)
+            and isinstance(start, types.Integer) and isinstance(j, types.Integer)):
+        return None
+
+    def codegen(context, builder, sig, args):
+        rows_t, _, bx_t, by_t, bz_t, _ = sig.args
+        rows_v, start_v, bx_v, by_v, bz_v, j_v = args
+        src = _vec_ptr(builder, context, rows_t, rows_v, start_v, 16)
+        v = [builder.load(builder.gep(src, [ir.Constant(ir.IntType(64), i)]), align=4) for i in range(5)]
+        for col, arr_t, arr_v in ((0, bx_t, bx_v), (1, by_t, by_v), (2, bz_t, bz_v)):
+            at = [5 * i + col for i in range(16)]  # positions in the 80 floats of v[0] .. v[4]
+            # Lanes marked 0 are don't-cares, replaced by the next shuffle.
+            lo = builder.shuffle_vector(v[0], v[1], _shuffle_mask([a if a < 32 else 0 for a in at]))
+            mid = builder.shuffle_vector(v[2], v[3], _shuffle_mask([a - 32 if 32 <= a < 64 else 0 for a in at]))
+            both = builder.shuffle_vector(lo, mid, _shuffle_mask([i if a < 32 else 16 + i for i, a in enumerate(at)]))
+            out = builder.shuffle_vector(both, v[4], _shuffle_mask([i if a < 64 else a - 48 for i, a in enumerate(at)]))
+            builder.store(out, _vec_ptr(builder, context, arr_t, arr_v, j_v, 16), align=4)
+        return context.get_dummy_value()
+
+    return types.void(rows, start, bx, by, bz, j), codegen
+
+
+@intrinsic
+def _copy8(typingctx, src, s, dst, d):
+    """``dst[d:d + 8] = src[s:s + 8]`` (one 32-byte load and store). The caller guarantees both ranges are
+    inside the arrays; the pillarizer copies a point's C <= 8 columns this way and the floats past them land
+    in decoration columns that its pillar pass overwrites."""
+    if not (_f32_array(src) and _f32_array(dst) and isinstance(s, types.Integer) and isinstance(d, types.Integer)):
+        return None
+
+    def codegen(context, builder, sig, args):
+        src_t, _, dst_t, _ = sig.args
+        src_v, s_v, dst_v, d_v = args
+        x = builder.load(_vec_ptr(builder, context, src_t, src_v, s_v, 8), align=4)
+        builder.store(x, _vec_ptr(builder, context, dst_t, dst_v, d_v, 8), align=4)
+        return context.get_dummy_value()
+
+    return types.void(src, s, dst, d), codegen
+
+
+@intrinsic
+def _decorate(typingctx, buf, r, c, mx, my, mz, ccx, ccy):
+    """``buf[r + c:r + c + 5] = x - mx, y - my, z - mz, x - ccx, y - ccy`` with x y z = ``buf[r:r + 3]`` (one
+    4-float load, a 4-float and a 1-float store; float32 subtractions as the scalar code does them). The
+    caller guarantees ``buf[r:r + 4]`` and ``buf[r + c:r + c + 5]`` are inside the array."""
+    if not (_f32_array(buf) and isinstance(r, types.Integer) and isinstance(c, types.Integer)
+            and all(t == types.float32 for t in (mx, my, mz, ccx, ccy))):
+        return None
+
+    def codegen(context, builder, sig, args):
+        buf_v, r_v, c_v, mx_v, my_v, mz_v, ccx_v, ccy_v = args
+        v4 = ir.VectorType(_F32, 4)
+        row = _vec_ptr(builder, context, sig.args[0], buf_v, r_v, 4)
+        xyz = builder.load(row, align=4)
+        sub = ir.Constant(v4, None)
+        for i, value in enumerate((mx_v, my_v, mz_v, ccx_v)):
+            sub = builder.insert_element(sub, value, ir.Constant(_I32, i))
+        four = builder.fsub(builder.shuffle_vector(xyz, xyz, _shuffle_mask([0, 1, 2, 0])), sub)
+        out = builder.gep(builder.bitcast(row, _F32.as_pointer()), [c_v])
+        builder.store(four, builder.bitcast(out, v4.as_pointer()), align=4)
+        y = builder.extract_element(xyz, ir.Constant(_I32, 1))
+        builder.store(builder.fsub(y, ccy_v), builder.gep(out, [ir.Constant(ir.IntType(64), 4)]), align=4)
+        return context.get_dummy_value()
+
+    return types.void(buf, r, c, mx, my, mz, ccx, ccy), codegen
 
 
 PILLAR_BLOCK = 1024  # points per block of the pillarizer's first pass
@@ -132,12 +241,21 @@ def _pillarize_kernel(points, x_min, y_min, z_min, cell, z_size, nx, ny, cx, cy,
     if leftover != 0:
         return -1
     n = 0
+    n_in = n_points * n_cols
+    flat_in = points.reshape(n_in)
+    n_out = out_features.shape[2]
+    flat_out = out_features.reshape(max_pillars * max_points * n_out)
     # Pass 1, block by block: x y z copied out of the (N, C) rows, the cell of every point in one
     # branch-free loop, then pillars numbered by first appearance and each kept point's row copied to its
     # slot (slot order is point order).
     for b0 in range(0, n_points, bx.shape[0]):
         m = min(bx.shape[0], n_points - b0)
-        for j in range(m):
+        j0 = 0
+        if n_cols == 5:  # LiDAR rows: 16 at a time, the rest one by one below
+            j0 = m - m % 16
+            for j in range(0, j0, 16):
+                _xyz16(flat_in, 5 * (b0 + j), bx, by, bz, j)
+        for j in range(j0, m):
             bx[j] = points[b0 + j, 0]
             by[j] = points[b0 + j, 1]
             bz[j] = points[b0 + j, 2]
@@ -164,18 +282,15 @@ def _pillarize_kernel(points, x_min, y_min, z_min, cell, z_size, nx, ny, cx, cy,
                 p = cell_to_pillar[c]
                 cell_count[c] = k + np.uint32(1)
                 i = b0 + j
-                if n_cols == 5:  # LiDAR rows, unrolled: a third faster than the loop
-                    out_features[p, k, 0] = points[i, 0]
-                    out_features[p, k, 1] = points[i, 1]
-                    out_features[p, k, 2] = points[i, 2]
-                    out_features[p, k, 3] = points[i, 3]
-                    out_features[p, k, 4] = points[i, 4]
+                if n_cols <= 8 and i * n_cols + 8 <= n_in:
+                    # 8 floats: the row, then the next row's first ones into decoration columns, which
+                    # pass 2 overwrites (n_cols + 5 >= 8 floats per output row).
+                    _copy8(flat_in, i * n_cols, flat_out, (np.int64(p) * max_points + k) * n_out)
                 else:
                     for q in range(n_cols):
                         out_features[p, k, q] = points[i, q]
     # Pass 2, per pillar: float64 mean of the kept points (in point order, read back from the rows), the
     # five decorations; rows an earlier fill left beyond the new count are cleared.
-    n_out = out_features.shape[2]
     for p in range(min(max_pillars, max(n, prev_filled))):
         cnt = 0
         if p < n:
@@ -187,24 +302,22 @@ def _pillarize_kernel(points, x_min, y_min, z_min, cell, z_size, nx, ny, cx, cy,
             sx = 0.0
             sy = 0.0
             sz = 0.0
+            row0 = np.uint64(p) * np.uint64(max_points * n_out)  # unsigned: no wraparound code
+            r = row0
             for k in range(cnt):
-                sx += out_features[p, k, 0]
-                sy += out_features[p, k, 1]
-                sz += out_features[p, k, 2]
+                sx += flat_out[r]
+                sy += flat_out[r + np.uint64(1)]
+                sz += flat_out[r + np.uint64(2)]
+                r += np.uint64(n_out)
             mx = np.float32(sx / cnt)
             my = np.float32(sy / cnt)
             mz = np.float32(sz / cnt)
             ccx = cx[c % nx]
             ccy = cy[c // nx]
+            r = row0
             for k in range(cnt):
-                x = out_features[p, k, 0]
-                y = out_features[p, k, 1]
-                z = out_features[p, k, 2]
-                out_features[p, k, n_cols] = x - mx
-                out_features[p, k, n_cols + 1] = y - my
-                out_features[p, k, n_cols + 2] = z - mz
-                out_features[p, k, n_cols + 3] = x - ccx
-                out_features[p, k, n_cols + 4] = y - ccy
+                _decorate(flat_out, r, n_cols, mx, my, mz, ccx, ccy)
+                r += np.uint64(n_out)
         else:
             out_index[p] = n_cells
             out_npoints[p] = 0

@@ -54,7 +54,7 @@ def random_cloud(rng: np.random.Generator, n: int, c: int, grid: BevGrid, margin
 
 
 @pytest.mark.parametrize("seed, n, c, p, m", [(0, 500, 5, 64, 8), (1, 3000, 7, 40, 4), (2, 50, 4, 100, 32),
-                                              (3, 2000, 3, 64, 64)])
+                                              (3, 2000, 3, 64, 64), (4, 1500, 9, 64, 16), (5, 4100, 5, 64, 8)])
 def test_pillarize_matches_reference_on_random_clouds(seed, n, c, p, m):
     rng = np.random.default_rng(seed)
     pts = random_cloud(rng, n, c, SMALL)
@@ -102,6 +102,25 @@ def test_pillar_with_more_than_m_points_keeps_the_first_m():
     assert index[0] == 4 * SMALL.nx + 4  # x, y in [0, 1): ix = iy = 4
     np.testing.assert_array_equal(feats[0, :, 3], np.arange(16, dtype=np.float32))  # first 16 in input order
     np.testing.assert_allclose(feats[0, :, 4:7].mean(axis=0), 0.0, atol=1e-6)  # mean over the KEPT points
+
+
+@pytest.mark.parametrize("n, c", [(48, 5), (37, 5), (64, 3), (30, 8), (20, 9)])
+def test_every_row_is_copied_whole_up_to_the_last_one(n, c):
+    # One point per cell, so every row is kept, the last one included (whose copy must not read past the
+    # input); n multiple of 16 or not, rows narrower and wider than 8 columns.
+    cells = np.random.default_rng(n).permutation(SMALL.n_cells)[:n]
+    pts = np.zeros((n, c), np.float32)
+    pts[:, 0] = SMALL.x_min + (cells % SMALL.nx) + 0.25
+    pts[:, 1] = SMALL.y_min + (cells // SMALL.nx) + 0.75
+    pts[:, 2] = 0.5
+    pts[:, 3:] = np.arange(n * (c - 3), dtype=np.float32).reshape(n, c - 3) + 1
+    got, feats, index, npoints = run_all(pts, SMALL, 64, 2)
+    assert got == n
+    np.testing.assert_array_equal(index[:n], cells)
+    np.testing.assert_array_equal(feats[:n, 0, :c], pts)
+    np.testing.assert_array_equal(feats[:n, 0, c:c + 3], 0.0)                    # its own mean
+    np.testing.assert_array_equal(feats[:n, 0, c + 3:], np.tile([-0.25, 0.25], (n, 1)).astype(np.float32))
+    assert (feats[:n, 1] == 0).all() and (feats[n:] == 0).all()
 
 
 def test_more_cells_than_p_keeps_pillars_in_order_of_first_appearance():
