@@ -47,11 +47,11 @@ Speed notes:
   OpenMP's idle worker spins (about 7 ms after every call); with passive waiting the wake-ups cost what the
   second core saves. In realtime replay the spinning version's stage p95 went from 1.5-2 ms to 7-9 ms (p99
   11 ms): now and then a call waits milliseconds for the worker thread.
-- A new frame takes about a sixth longer than the same frame again, most of it in the point pass's branch on
-  whether the point's pillar is full, which the branch predictor learns for a repeated input (about one
-  misprediction per change from kept to dropped points or back, ~19k a frame); without the branch (every
-  point stores its cell's count) the loop is slower either way, because points in a row that share a cell
-  wait for each other's store. Sixteen points at a time with AVX-512 (gather the counts, rank equal cells
+- A new frame takes a sixth (simulated frames) to a third (KITTI scans) longer than the same frame again,
+  most of it in the point pass's branch on whether the point's pillar is full, which the branch predictor
+  learns for a repeated input (about one misprediction per change from kept to dropped points or back, ~19k a
+  frame); without the branch (every point stores its cell's count) the loop is slower either way, because
+  points in a row that share a cell wait for each other's store. Sixteen points at a time with AVX-512 (gather the counts, rank equal cells
   with a conflict test, scatter, compress the kept ones), written in C for the measurement: no better
   (gather and scatter cost what the branch did).
 - BEV pooling sorts the frustum points by cell (a stable counting sort), sums each occupied cell's points
