@@ -51,9 +51,9 @@ Speed notes:
   most of it in the point pass's branch on whether the point's pillar is full, which the branch predictor
   learns for a repeated input (about one misprediction per change from kept to dropped points or back, ~19k a
   frame); without the branch (every point stores its cell's count) the loop is slower either way, because
-  points in a row that share a cell wait for each other's store. Sixteen points at a time with AVX-512 (gather the counts, rank equal cells
-  with a conflict test, scatter, compress the kept ones), written in C for the measurement: no better
-  (gather and scatter cost what the branch did).
+  points in a row that share a cell wait for each other's store. Sixteen points at a time with AVX-512
+  (gather the counts, rank equal cells with a conflict test, scatter, compress the kept ones), written in C
+  for the measurement: no better (gather and scatter cost what the branch did).
 - BEV pooling sorts the frustum points by cell (a stable counting sort), sums each occupied cell's points
   in float64 and writes the output row by row. :class:`BevPoolPlan` does the sort once for a static rig.
 - Measured by ``benchmarks/bench_pillarize.py`` and ``benchmarks/bench_kernels.py``.
