@@ -26,8 +26,8 @@ ratios):
   that runs after a frame's networks have gone through their weights and activations);
 - one frame over and over: the first frame only, every call. Not the pipeline's case, and flattering to
   us: the CPU's branch predictor learns the pass over a repeated input (whether each point's pillar is
-  full), which takes a seventh (simulated frames) to a quarter (KITTI scans) off our time and almost nothing
-  off spconv's. Shown because earlier versions of this benchmark measured this way.
+  full), which takes up to a fifth (KITTI scans; nothing on the simulated frames) off our time and almost
+  nothing off spconv's. Shown because earlier versions of this benchmark measured this way.
 The voxel set (pillar count, cell of every pillar, point counts and the raw point rows) is checked to be
 identical to spconv's on every frame in the same run, and numba's output to numpy's. torch runs with one
 thread, like our kernels.

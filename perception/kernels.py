@@ -13,11 +13,16 @@ Grid convention (:class:`perception.bev.BevGrid`): linear cell index ``iy * nx +
 z slab is 0. Written as ``q >= 0 and q < n`` on the float quotient, so NaN and inf coordinates are dropped.
 
 Speed notes:
-- Pillarization is one pass over the points and one over the pillars. The point pass works in blocks of
-  ``PILLAR_BLOCK``: x y z are copied out of the rows so the cell of every point is found in a branch-free,
-  vectorised loop; then each point gets its slot from a per-cell count and its pillar (numbered by first
+- Pillarization is one pass over the points and one over the pillars. The point pass takes LiDAR rows in
+  groups of ``PILLAR_GROUP``: x y z are copied out of the rows so the cells of a group are found in one
+  branch-free vector; then each point gets its slot from a per-cell count and its pillar (numbered by first
   appearance) from a per-cell table, both reset only at the touched cells, and a kept point's row is
-  copied straight to its slot. The pillar pass sums each pillar's mean in float64 from the rows it holds
+  copied straight to its slot. The cells of group g + 1 are found just before the slots of group g, in
+  the same loop, so the divisions run while the core waits on the count loads and recovers from the
+  mispredicted branch on a full pillar. Against finding the cells of 1024 points in one loop and then
+  giving them their slots in the next, that took 2-14 % off the kernel on new frames at 6000 x 16 (it
+  varies with where the buffers land) and 11-18 % at the other limits. Rows of other widths, and the last
+  LiDAR rows, go point by point. The pillar pass sums each pillar's mean in float64 from the rows it holds
   (in point order) and writes the decorations.
   A fixed (P, M, C+5) output is mostly empty (most pillars hold far fewer than M points), so clearing it
   would dominate: spconv's PointToVoxel clears its whole buffer on every call. :class:`Pillarizer` owns
@@ -47,11 +52,12 @@ Speed notes:
   OpenMP's idle worker spins (about 7 ms after every call); with passive waiting the wake-ups cost what the
   second core saves. In realtime replay the spinning version's stage p95 went from 1.5-2 ms to 7-9 ms (p99
   11 ms): now and then a call waits milliseconds for the worker thread.
-- A new frame takes a sixth (simulated frames) to a third (KITTI scans) longer than the same frame again,
-  most of it in the point pass's branch on whether the point's pillar is full, which the branch predictor
-  learns for a repeated input (about one misprediction per change from kept to dropped points or back, ~19k a
-  frame); without the branch (every point stores its cell's count) the loop is slower either way, because
-  points in a row that share a cell wait for each other's store. Sixteen points at a time with AVX-512
+- The point pass's branch on whether the point's pillar is full mispredicts about once per change from kept
+  to dropped points or back (~19k a frame); the branch predictor learns it for a repeated input. With the
+  cell vectors interleaved, a new simulated frame takes as long as the same frame again and a new KITTI scan
+  a tenth to a fifth longer (before: a sixth and a third). Without the branch (every point stores its
+  cell's count) the loop is slower either way, because points in a row that share a cell wait for each
+  other's store. Sixteen points at a time with AVX-512
   (gather the counts, rank equal cells with a conflict test, scatter, compress the kept ones), written in C
   for the measurement: no better (gather and scatter cost what the branch did).
 - BEV pooling sorts the frustum points by cell (a stable counting sort), sums each occupied cell's points
@@ -160,8 +166,8 @@ def _xyz16(typingctx, rows, start, bx, by, bz, j):
 @intrinsic
 def _copy8(typingctx, src, s, dst, d):
     """``dst[d:d + 8] = src[s:s + 8]`` (one 32-byte load and store). The caller guarantees both ranges are
-    inside the arrays; the pillarizer copies a point's C <= 8 columns this way and the floats past them land
-    in decoration columns that its pillar pass overwrites."""
+    inside the arrays; the pillarizer copies a LiDAR point's 5 columns this way and the 3 floats past them
+    land in decoration columns that its pillar pass overwrites."""
     if not (_f32_array(src) and _f32_array(dst) and isinstance(s, types.Integer) and isinstance(d, types.Integer)):
         return None
 
@@ -202,7 +208,7 @@ def _decorate(typingctx, buf, r, c, mx, my, mz, ccx, ccy):
     return types.void(buf, r, c, mx, my, mz, ccx, ccy), codegen
 
 
-PILLAR_BLOCK = 1024  # points per block of the pillarizer's first pass
+PILLAR_GROUP = 16  # LiDAR points per group of the pillarizer's point pass (one 16-float vector of cells)
 
 
 # error_model="numpy": no zero-division checks in the loops (the cell size, slab height and every kept
@@ -216,8 +222,8 @@ def _pillarize_kernel(points, x_min, y_min, z_min, cell, z_size, nx, ny, cx, cy,
     Scratch: cell_to_pillar (n_cells,) uint32 (read only where the count is non-zero) and cell_count
     (n_cells,) uint32 must be all 0 on entry; both are so again on exit (only the touched cells are reset).
     Unsigned, so the pillar and slot read from them index the output without numba's negative-index
-    wraparound (a few per cent of the kernel); bx, by, bz (PILLAR_BLOCK,) float32 and
-    bc (PILLAR_BLOCK,) int32 are overwritten;
+    wraparound (a few per cent of the kernel); bx, by, bz (PILLAR_GROUP,) float32 and bc (2 * PILLAR_GROUP,)
+    int32 are overwritten;
     dirty (P,) int32 holds, per pillar, how many leading rows of out_features may be non-zero on entry, and
     holds the same for the new contents on exit. Pillars from max(count, prev_filled) on are left as they
     are: the caller knows they are already empty (out_index n_cells, out_npoints 0, dirty 0).
@@ -225,13 +231,6 @@ def _pillarize_kernel(points, x_min, y_min, z_min, cell, z_size, nx, ny, cx, cy,
     n_points, n_cols = points.shape
     max_pillars, max_points = out_features.shape[0], out_features.shape[1]
     n_cells = nx * ny
-    # float32 bounds keep the comparisons in float32 (exact: nx, ny and 1 are representable), so the
-    # cell loop vectorises; the result is the same as comparing against the integers.
-    fnx = np.float32(nx)
-    fny = np.float32(ny)
-    zero = np.float32(0.0)
-    one = np.float32(1.0)
-    inx = np.int32(nx)
     # The scratch must be clear (two calls at once on one Pillarizer would break that). Reading both tables
     # in order also brings them into cache ahead of pass 1's random accesses: when other stages have run
     # since the last frame, about a tenth of the kernel's time.
@@ -245,27 +244,32 @@ def _pillarize_kernel(points, x_min, y_min, z_min, cell, z_size, nx, ny, cx, cy,
     flat_in = points.reshape(n_in)
     n_out = out_features.shape[2]
     flat_out = out_features.reshape(max_pillars * max_points * n_out)
-    # Pass 1, block by block: x y z copied out of the (N, C) rows, the cell of every point in one
-    # branch-free loop, then pillars numbered by first appearance and each kept point's row copied to its
-    # slot (slot order is point order).
-    for b0 in range(0, n_points, bx.shape[0]):
-        m = min(bx.shape[0], n_points - b0)
-        j0 = 0
-        if n_cols == 5:  # LiDAR rows: 16 at a time, the rest one by one below
-            j0 = m - m % 16
-            for j in range(0, j0, 16):
-                _xyz16(flat_in, 5 * (b0 + j), bx, by, bz, j)
-        for j in range(j0, m):
-            bx[j] = points[b0 + j, 0]
-            by[j] = points[b0 + j, 1]
-            bz[j] = points[b0 + j, 2]
-        for j in range(m):
-            qx = (bx[j] - x_min) / cell
-            qy = (by[j] - y_min) / cell
-            qz = (bz[j] - z_min) / z_size
-            ok = (qx >= zero) & (qx < fnx) & (qy >= zero) & (qy < fny) & (qz >= zero) & (qz < one)
-            bc[j] = np.int32(qy) * inx + np.int32(qx) if ok else np.int32(-1)
-        for j in range(m):
+    # float32 bounds keep the comparisons in float32 (exact: nx, ny and 1 are representable), so the cell
+    # loop vectorises; the result is the same as comparing against the integers. NaN fails them all.
+    fnx = np.float32(nx)
+    fny = np.float32(ny)
+    zero = np.float32(0.0)
+    one = np.float32(1.0)
+    inx = np.int32(nx)
+    # Pass 1: each point's cell, its pillar (numbered by first appearance) and slot (slot order is point
+    # order), and a kept point's row copied to its slot. LiDAR rows go in groups of PILLAR_GROUP, all but
+    # the last row: step g finds the cells of group g + 1 (vector loads, permutes, divisions), then gives
+    # the points of group g their slots (loads, compares, branches), so the core works on both at once.
+    n_groups = max(0, (n_points - 1) // PILLAR_GROUP) if n_cols == 5 else 0
+    for g in range(-1, n_groups):
+        if g + 1 < n_groups:
+            _xyz16(flat_in, 5 * PILLAR_GROUP * (g + 1), bx, by, bz, 0)
+            nxt = ((g + 1) & 1) * PILLAR_GROUP
+            for t in range(PILLAR_GROUP):
+                qx = (bx[t] - x_min) / cell
+                qy = (by[t] - y_min) / cell
+                qz = (bz[t] - z_min) / z_size
+                ok = (qx >= zero) & (qx < fnx) & (qy >= zero) & (qy < fny) & (qz >= zero) & (qz < one)
+                bc[nxt + t] = np.int32(qy) * inx + np.int32(qx) if ok else np.int32(-1)
+        if g < 0:
+            continue
+        cur = (g & 1) * PILLAR_GROUP
+        for j in range(cur, cur + PILLAR_GROUP):
             c = bc[j]
             if c < 0:
                 continue
@@ -281,14 +285,29 @@ def _pillarize_kernel(points, x_min, y_min, z_min, cell, z_size, nx, ny, cx, cy,
                     n += 1
                 p = cell_to_pillar[c]
                 cell_count[c] = k + np.uint32(1)
-                i = b0 + j
-                if n_cols <= 8 and i * n_cols + 8 <= n_in:
-                    # 8 floats: the row, then the next row's first ones into decoration columns, which
-                    # pass 2 overwrites (n_cols + 5 >= 8 floats per output row).
-                    _copy8(flat_in, i * n_cols, flat_out, (np.int64(p) * max_points + k) * n_out)
-                else:
-                    for q in range(n_cols):
-                        out_features[p, k, q] = points[i, q]
+                # 8 floats: the row, then the next row's first 3 (a later row exists) into decoration
+                # columns, which pass 2 overwrites.
+                _copy8(flat_in, 5 * (g * PILLAR_GROUP + j - cur), flat_out, (np.int64(p) * max_points + k) * n_out)
+    # The rest (the last 1 to PILLAR_GROUP LiDAR rows; all rows of other widths) point by point, the same way.
+    for i in range(PILLAR_GROUP * n_groups, n_points):
+        qx = (points[i, 0] - x_min) / cell
+        qy = (points[i, 1] - y_min) / cell
+        qz = (points[i, 2] - z_min) / z_size
+        if not ((qx >= zero) & (qx < fnx) & (qy >= zero) & (qy < fny) & (qz >= zero) & (qz < one)):
+            continue
+        c = np.int32(qy) * inx + np.int32(qx)
+        k = cell_count[c]
+        if k < max_points:
+            if k == 0:
+                if n >= max_pillars:
+                    continue
+                cell_to_pillar[c] = np.uint32(n)
+                out_index[n] = c
+                n += 1
+            p = cell_to_pillar[c]
+            cell_count[c] = k + np.uint32(1)
+            for q in range(n_cols):
+                out_features[p, k, q] = points[i, q]
     # Pass 2, per pillar: float64 mean of the kept points (in point order, read back from the rows), the
     # five decorations; rows an earlier fill left beyond the new count are cleared.
     for p in range(min(max_pillars, max(n, prev_filled))):
@@ -335,9 +354,10 @@ def _checked(n: int) -> int:
     return int(n)
 
 
-def _block_scratch() -> tuple[np.ndarray, ...]:
-    return (np.empty(PILLAR_BLOCK, np.float32), np.empty(PILLAR_BLOCK, np.float32),
-            np.empty(PILLAR_BLOCK, np.float32), np.empty(PILLAR_BLOCK, np.int32))
+def _group_scratch() -> tuple[np.ndarray, ...]:
+    """bx, by, bz for one group of LiDAR points, bc for two (the current group and the next)."""
+    return (np.empty(PILLAR_GROUP, np.float32), np.empty(PILLAR_GROUP, np.float32),
+            np.empty(PILLAR_GROUP, np.float32), np.empty(2 * PILLAR_GROUP, np.int32))
 
 
 class Pillarizer:
@@ -368,7 +388,7 @@ class Pillarizer:
         self._cell_to_pillar = np.zeros(grid.n_cells, np.uint32)
         self._cell_count = np.zeros(grid.n_cells, np.uint32)
         self._dirty = np.zeros(max_pillars, np.int32)
-        self._block = _block_scratch()
+        self._group = _group_scratch()
         self._filled = max_pillars  # pillars the previous call may have filled (all, before the first call)
 
     def __call__(self, points: np.ndarray) -> int:
@@ -383,7 +403,7 @@ class Pillarizer:
         if not points.flags.c_contiguous:
             points = np.ascontiguousarray(points)
         n = _checked(_pillarize_kernel(points, *self._consts, self.features, self.index, self.npoints,
-                                       self._cell_to_pillar, self._cell_count, self._dirty, *self._block,
+                                       self._cell_to_pillar, self._cell_count, self._dirty, *self._group,
                                        self._filled))
         self._filled = n
         return n
@@ -417,7 +437,7 @@ def pillarize(points: np.ndarray, grid: BevGrid, out_features: np.ndarray, out_i
     p, m = out_features.shape[:2]
     return _checked(_pillarize_kernel(points, *_grid_scalars(grid), out_features, out_index, out_npoints,
                                       np.zeros(grid.n_cells, np.uint32), np.zeros(grid.n_cells, np.uint32),
-                                      np.full(p, m, np.int32), *_block_scratch(), p))
+                                      np.full(p, m, np.int32), *_group_scratch(), p))
 
 
 def pillarize_reference(points: np.ndarray, grid: BevGrid, out_features: np.ndarray, out_index: np.ndarray,

@@ -104,10 +104,10 @@ def test_pillar_with_more_than_m_points_keeps_the_first_m():
     np.testing.assert_allclose(feats[0, :, 4:7].mean(axis=0), 0.0, atol=1e-6)  # mean over the KEPT points
 
 
-@pytest.mark.parametrize("n, c", [(48, 5), (37, 5), (64, 3), (30, 8), (20, 9)])
+@pytest.mark.parametrize("n, c", [(1, 5), (16, 5), (17, 5), (48, 5), (37, 5), (64, 3), (30, 8), (20, 9)])
 def test_every_row_is_copied_whole_up_to_the_last_one(n, c):
     # One point per cell, so every row is kept, the last one included (whose copy must not read past the
-    # input); n multiple of 16 or not, rows narrower and wider than 8 columns.
+    # input); LiDAR rows in whole groups of 16 and in the rest, other widths narrower and wider than 8.
     cells = np.random.default_rng(n).permutation(SMALL.n_cells)[:n]
     pts = np.zeros((n, c), np.float32)
     pts[:, 0] = SMALL.x_min + (cells % SMALL.nx) + 0.25
