@@ -38,11 +38,13 @@ Speed notes:
   instead of five, the five decorations with two stores. Together, on new frames of 120k points, about a
   fifth off the kernel at 6000 x 16 (0.74 -> 0.59 ms in one run) and a quarter at M = 128 and 512; the
   numba-only versions of the same loops with flat unsigned indices took back less than half of that.
-- Measured no faster on consecutive different frames (the pipeline's case): branch-free slot assignment (into
-  per-cell or per-pillar tables with a spare slot for dropped points), listing each block's kept points
-  without a branch and copying their rows in a second loop, listing the points whose pillar was not yet full
-  at the start of the block first (a quarter slower), ranking every point within its cell in one branch-free
-  loop and handling only the ranks below M in a second (7 % slower), noting input row numbers in pass 1 to
+- Measured no faster on consecutive different frames (the pipeline's case; "block": 1024 points, as the
+  point pass went before the groups): branch-free slot assignment (into per-cell or per-pillar tables with a
+  spare slot for dropped points), listing each block's kept points without a branch and copying their rows
+  in a second loop, listing the points whose pillar was not yet full at the start of the block first (a
+  quarter slower), ranking every point within its cell in one branch-free loop and handling only the ranks
+  below M in a second (7 % slower), a point pass in its own function (numba's reference counting around
+  array arguments, and the code changes: 15-35 % slower), noting input row numbers in pass 1 to
   gather the rows in pass 2, 8- and 16-bit count tables, a bit per full cell, count and pillar packed in one
   table (16 % slower), summing the means in the point pass (scalar or as a 4-double vector: up to 5 %
   slower), a vector float64 sum in the pillar pass (within noise at M = 16, slower at M = 512), the z-slab test
