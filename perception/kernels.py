@@ -139,17 +139,17 @@ def _shuffle_mask(lanes: list[int]) -> ir.Constant:
 
 
 @intrinsic
-def _xyz16(typingctx, rows, start, bx, by, bz, j):
+def _xyz16(typingctx, rows, start, bx, by, bz):
     """Columns 0, 1, 2 of the 16 five-column rows at ``rows[start:start + 80]`` into ``bx``, ``by``,
-    ``bz[j:j + 16]``: five 16-float loads, shuffles, three 16-float stores. The caller guarantees both ranges
+    ``bz[0:16]``: five 16-float loads, shuffles, three 16-float stores. The caller guarantees both ranges
     are inside the arrays."""
     if not (_f32_array(rows) and _f32_array(bx) and _f32_array(by) and _f32_array(bz)
-            and isinstance(start, types.Integer) and isinstance(j, types.Integer)):
+            and isinstance(start, types.Integer)):
         return None
 
     def codegen(context, builder, sig, args):
-        rows_t, _, bx_t, by_t, bz_t, _ = sig.args
-        rows_v, start_v, bx_v, by_v, bz_v, j_v = args
+        rows_t, _, bx_t, by_t, bz_t = sig.args
+        rows_v, start_v, bx_v, by_v, bz_v = args
         src = _vec_ptr(builder, context, rows_t, rows_v, start_v, 16)
         v = [builder.load(builder.gep(src, [ir.Constant(ir.IntType(64), i)]), align=4) for i in range(5)]
         for col, arr_t, arr_v in ((0, bx_t, bx_v), (1, by_t, by_v), (2, bz_t, bz_v)):
@@ -159,10 +159,10 @@ def _xyz16(typingctx, rows, start, bx, by, bz, j):
             mid = builder.shuffle_vector(v[2], v[3], _shuffle_mask([a - 32 if 32 <= a < 64 else 0 for a in at]))
             both = builder.shuffle_vector(lo, mid, _shuffle_mask([i if a < 32 else 16 + i for i, a in enumerate(at)]))
             out = builder.shuffle_vector(both, v[4], _shuffle_mask([i if a < 64 else a - 48 for i, a in enumerate(at)]))
-            builder.store(out, _vec_ptr(builder, context, arr_t, arr_v, j_v, 16), align=4)
+            builder.store(out, _vec_ptr(builder, context, arr_t, arr_v, ir.Constant(ir.IntType(64), 0), 16), align=4)
         return context.get_dummy_value()
 
-    return types.void(rows, start, bx, by, bz, j), codegen
+    return types.void(rows, start, bx, by, bz), codegen
 
 
 @intrinsic
@@ -260,7 +260,7 @@ def _pillarize_kernel(points, x_min, y_min, z_min, cell, z_size, nx, ny, cx, cy,
     n_groups = max(0, (n_points - 1) // PILLAR_GROUP) if n_cols == 5 else 0
     for g in range(-1, n_groups):
         if g + 1 < n_groups:
-            _xyz16(flat_in, 5 * PILLAR_GROUP * (g + 1), bx, by, bz, 0)
+            _xyz16(flat_in, 5 * PILLAR_GROUP * (g + 1), bx, by, bz)
             nxt = ((g + 1) & 1) * PILLAR_GROUP
             for t in range(PILLAR_GROUP):
                 qx = (bx[t] - x_min) / cell
